@@ -1,0 +1,272 @@
+"""Ollama's generation routes: /, /api/version, /api/generate, /api/chat."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+from aiohttp import web
+
+from .. import __version__
+from ..config import parse_duration
+from ..modelinfo import capabilities, estimate_memory
+from ..options import resolve_sampling
+from ..protocol import CompletionRequest, DoneEvent, ErrorEvent, Message, TokenEvent
+from ..runner import WorkerError
+from ..store import StoredModel
+from .app import CONTEXT, ApiError, Context
+from .schemas import (
+    ChatChunk,
+    ChatRequest,
+    GenerateChunk,
+    GenerateRequest,
+    OutMessage,
+    chat_decoder,
+    encoder,
+    generate_decoder,
+    now_rfc3339,
+)
+
+log = logging.getLogger("ollmlx.api")
+
+# Builds one response chunk from (text, final event or None, durations).
+ChunkMaker = Callable[[str, DoneEvent | None, int, int], msgspec.Struct]
+
+
+async def root(request: web.Request) -> web.Response:
+    return web.Response(text="Ollama is running")
+
+
+async def version(request: web.Request) -> web.Response:
+    return web.json_response({"version": __version__})
+
+
+async def read_body(request: web.Request, decoder: msgspec.json.Decoder[Any]) -> Any:
+    body = await request.read()
+    if not body.strip():
+        raise ApiError(400, "missing request body")
+    return decoder.decode(body)
+
+
+def find_model(ctx: Context, name: str) -> StoredModel:
+    if not name:
+        raise ApiError(400, "model is required")
+    stored = ctx.store.get(name)
+    if stored is None:
+        raise ApiError(404, f"model '{name}' not found")
+    return stored
+
+
+def parse_keep_alive(value: float | str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        seconds = parse_duration(value)
+    except ValueError:
+        raise ApiError(400, f"invalid keep_alive duration: {value!r}") from None
+    return -1.0 if seconds < 0 else seconds
+
+
+def check_think(name: str, stored: StoredModel, think: bool | str | None) -> None:
+    if think in (None, False):
+        return
+    if isinstance(think, str) and think not in ("low", "medium", "high"):
+        raise ApiError(
+            400, f'invalid think value: "{think}" (must be "high", "medium", "low", true, or false)'
+        )
+    if "thinking" not in capabilities(stored.model_dir, stored.manifest.template):
+        raise ApiError(400, f'"{name}" does not support thinking')
+
+
+async def generate(request: web.Request) -> web.StreamResponse:
+    ctx = request.app[CONTEXT]
+    started = time.perf_counter_ns()
+    req: GenerateRequest = await read_body(request, generate_decoder)
+    if not 0 <= req.top_logprobs <= 20:
+        raise ApiError(400, "top_logprobs must be between 0 and 20")
+    stored = find_model(ctx, req.model)
+    keep_alive = parse_keep_alive(req.keep_alive)
+    if req.raw and (req.template or req.system or req.context):
+        raise ApiError(400, "raw mode does not support template, system, or context")
+    if req.suffix:
+        raise ApiError(400, f"{stored.name.display} does not support insert")
+    check_think(req.model, stored, req.think)
+    sampling = resolve_sampling(ctx.settings, stored.manifest.parameters, req.options)
+
+    def make(text: str, done: DoneEvent | None, total: int, load: int) -> GenerateChunk:
+        chunk = GenerateChunk(model=req.model, created_at=now_rfc3339(), response=text, done=False)
+        return _finish(chunk, done, total, load) if done else chunk
+
+    if not req.prompt and not req.images:
+        reason = await load_or_unload(ctx, stored, keep_alive, sampling.num_ctx)
+        return web.json_response(
+            GenerateChunk(req.model, now_rfc3339(), "", True, done_reason=reason),
+            dumps=_dumps,
+        )
+    completion = CompletionRequest(
+        sampling=sampling,
+        prompt=req.prompt,
+        system=req.system if req.system is not None else stored.manifest.system,
+        template=req.template or stored.manifest.template,
+        raw=req.raw,
+        context=req.context,
+        truncate=req.truncate is not False,
+        return_context=not req.raw,
+    )
+    return await run_completion(
+        request, ctx, stored, completion, keep_alive, req.stream is not False, make, started
+    )
+
+
+async def chat(request: web.Request) -> web.StreamResponse:
+    ctx = request.app[CONTEXT]
+    started = time.perf_counter_ns()
+    req: ChatRequest = await read_body(request, chat_decoder)
+    if not 0 <= req.top_logprobs <= 20:
+        raise ApiError(400, "top_logprobs must be between 0 and 20")
+    stored = find_model(ctx, req.model)
+    keep_alive = parse_keep_alive(req.keep_alive)
+    check_think(req.model, stored, req.think)
+    if req.tools and "tools" not in capabilities(stored.model_dir, stored.manifest.template):
+        raise ApiError(400, f'"{req.model}" does not support tools')
+    sampling = resolve_sampling(ctx.settings, stored.manifest.parameters, req.options)
+
+    def make(text: str, done: DoneEvent | None, total: int, load: int) -> ChatChunk:
+        message = OutMessage(role="assistant", content=text)
+        chunk = ChatChunk(model=req.model, created_at=now_rfc3339(), message=message, done=False)
+        return _finish(chunk, done, total, load) if done else chunk
+
+    if not req.messages:
+        reason = await load_or_unload(ctx, stored, keep_alive, sampling.num_ctx)
+        empty = OutMessage(role="assistant", content="")
+        return web.json_response(
+            ChatChunk(req.model, now_rfc3339(), empty, True, done_reason=reason), dumps=_dumps
+        )
+    completion = CompletionRequest(
+        sampling=sampling,
+        messages=model_messages(stored, req.messages),
+        template=stored.manifest.template,
+        truncate=req.truncate is not False,
+    )
+    return await run_completion(
+        request, ctx, stored, completion, keep_alive, req.stream is not False, make, started
+    )
+
+
+def model_messages(stored: StoredModel, messages: list[Message]) -> list[Message]:
+    """The Modelfile's MESSAGEs first, and its SYSTEM unless the chat brings its own."""
+    manifest = stored.manifest
+    prefix = list(manifest.messages)
+    has_system = any(m.role == "system" for m in [*prefix, *messages[:1]])
+    if manifest.system and not has_system:
+        prefix.insert(0, Message(role="system", content=manifest.system))
+    return [*prefix, *messages]
+
+
+async def load_or_unload(
+    ctx: Context, stored: StoredModel, keep_alive: float | None, num_ctx: int
+) -> str:
+    """An empty prompt loads the model; with keep_alive 0 it unloads it instead."""
+    if keep_alive == 0:
+        await ctx.scheduler.unload(stored.name.display)
+        return "unload"
+    await ctx.scheduler.load(stored, keep_alive, _estimate(stored, num_ctx))
+    return "load"
+
+
+def _estimate(stored: StoredModel, num_ctx: int) -> int:
+    return estimate_memory(stored.model_dir, stored.manifest.size, num_ctx)
+
+
+def _finish(chunk: Any, done: DoneEvent, total: int, load: int) -> Any:
+    chunk.done = True
+    chunk.done_reason = done.done_reason
+    chunk.total_duration = total
+    chunk.load_duration = load
+    chunk.prompt_eval_count = done.prompt_eval_count
+    chunk.prompt_eval_duration = done.prompt_eval_duration
+    chunk.eval_count = done.eval_count
+    chunk.eval_duration = done.eval_duration
+    if hasattr(chunk, "context"):
+        chunk.context = done.context
+    return chunk
+
+
+def _dumps(obj: Any) -> str:
+    return encoder.encode(obj).decode()
+
+
+async def run_completion(
+    request: web.Request,
+    ctx: Context,
+    stored: StoredModel,
+    completion: CompletionRequest,
+    keep_alive: float | None,
+    streaming: bool,
+    make: ChunkMaker,
+    started: int,
+) -> web.StreamResponse:
+    """The one generation path: lease a worker, stream its events as Ollama chunks.
+
+    The first event is awaited before the response starts, so an error there gets a
+    real status code; later errors become a last `{"error": ...}` line.
+    """
+    estimate = _estimate(stored, completion.sampling.num_ctx)
+    async with ctx.scheduler.use(stored, keep_alive, estimate) as lease:
+        events = aiter(lease.worker.stream(completion))
+        event = await anext(events)
+        if isinstance(event, ErrorEvent):
+            raise ApiError(event.status, event.error)
+        if not streaming:
+            return await _collect(event, events, make, started, lease.load_duration)
+        response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+        await response.prepare(request)
+        buffer = bytearray()
+        try:
+            while True:
+                if isinstance(event, ErrorEvent):
+                    await _write_error(response, event.error)
+                    break
+                if isinstance(event, TokenEvent):
+                    chunk = make(event.text, None, 0, 0)
+                else:
+                    total = time.perf_counter_ns() - started
+                    chunk = make("", event, total, lease.load_duration)
+                encoder.encode_into(chunk, buffer)
+                buffer.extend(b"\n")
+                await response.write(bytes(buffer))
+                if isinstance(event, DoneEvent):
+                    break
+                event = await anext(events)
+        except WorkerError as exc:
+            await _write_error(response, str(exc))
+        await response.write_eof()
+        return response
+
+
+async def _collect(
+    event: Any, events: Any, make: ChunkMaker, started: int, load: int
+) -> web.Response:
+    """`"stream": false`: one JSON body with the whole text."""
+    parts: list[str] = []
+    while isinstance(event, TokenEvent):
+        parts.append(event.text)
+        event = await anext(events)
+    if isinstance(event, ErrorEvent):
+        raise ApiError(event.status, event.error)
+    chunk = make("".join(parts), event, time.perf_counter_ns() - started, load)
+    return web.Response(body=encoder.encode(chunk), content_type="application/json")
+
+
+async def _write_error(response: web.StreamResponse, message: str) -> None:
+    await response.write(encoder.encode({"error": message}) + b"\n")
+
+
+def add_routes(router: web.UrlDispatcher) -> None:
+    router.add_get("/", root)  # aiohttp answers HEAD for GET routes
+    router.add_get("/api/version", version)
+    router.add_post("/api/generate", generate)
+    router.add_post("/api/chat", chat)

@@ -1,0 +1,182 @@
+"""Every OLLAMA_*/OLLMLX_* variable, parsed once into a typed settings object."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+
+DEFAULT_PORT = 11434
+# Memory the OS and other apps keep when no budget is set.
+DEFAULT_BUDGET_FRACTION = 0.75
+
+
+class ConfigError(ValueError):
+    """A setting that cannot be parsed; the message names the variable."""
+
+
+_DURATION_UNITS = {
+    "ns": 1e-9,
+    "us": 1e-6,
+    "µs": 1e-6,
+    "ms": 1e-3,
+    "s": 1.0,
+    "m": 60.0,
+    "h": 3600.0,
+}
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
+
+
+def parse_duration(value: str | float | int) -> float:
+    """Seconds from a number (seconds) or a Go duration ("5m", "1h30m", "300ms").
+
+    Negative means forever and is returned as-is (the caller maps it to infinity).
+    """
+    if isinstance(value, bool):
+        raise ValueError(f"invalid duration {value!r}")
+    if isinstance(value, int | float):
+        return float(value)
+    text = value.strip()
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    sign = -1.0 if text.startswith("-") else 1.0
+    body = text.lstrip("+-")
+    pos, total = 0, 0.0
+    for match in _DURATION_PART.finditer(body):
+        if match.start() != pos:
+            break
+        total += float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+        pos = match.end()
+    if pos != len(body) or not body:
+        raise ValueError(f"invalid duration {value!r}")
+    return sign * total
+
+
+def parse_host(value: str) -> tuple[str, int]:
+    """(host, port) from OLLAMA_HOST: "host", "host:port", ":port", "http://host:port"."""
+    text = value.strip()
+    scheme_port = DEFAULT_PORT
+    for scheme, port in (("http://", DEFAULT_PORT), ("https://", 443)):
+        if text.startswith(scheme):
+            text, scheme_port = text[len(scheme) :], port
+    text = text.split("/", 1)[0]
+    if text.startswith("["):  # [::1]:port
+        host, _, rest = text[1:].partition("]")
+        port_text = rest.lstrip(":")
+    elif text.count(":") == 1:
+        host, port_text = text.split(":")
+    else:
+        host, port_text = text, ""
+    host = host or "127.0.0.1"
+    if not port_text:
+        return host, scheme_port
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ConfigError(f"OLLAMA_HOST: invalid port in {value!r}")
+    return host, int(port_text)
+
+
+def parse_size(value: str, total: int) -> int:
+    """Bytes from "12G", "12GiB", "8000000000" or a percentage of `total` ("75%")."""
+    text = value.strip().upper().replace(" ", "")
+    if text.endswith("%"):
+        return int(total * float(text[:-1]) / 100)
+    units = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)([KMGT]?)(I?B)?", text)
+    if not match:
+        raise ValueError(f"invalid size {value!r}")
+    return int(float(match.group(1)) * units[match.group(2)])
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    models_dir: Path = field(default_factory=lambda: Path.home() / ".ollmlx" / "models")
+    keep_alive: float = 300.0  # seconds; negative = forever
+    load_timeout: float = 300.0  # a stall timeout, reset while the worker makes progress
+    debug: int = 0
+    num_parallel: int = 1
+    max_queue: int = 512
+    max_loaded_models: int = 3
+    memory_budget: int = 0  # bytes; 0 is filled in from physical memory
+    context_length: int = 4096
+    origins: tuple[str, ...] = ()
+    shutdown_grace: float = 10.0
+    max_body_bytes: int = 64 << 20
+    max_num_predict: int = 1 << 17
+    max_num_ctx: int = 1 << 20
+
+    @property
+    def base_url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+
+def _env(env: Mapping[str, str], name: str) -> str | None:
+    value = env.get(name)
+    return value if value not in (None, "") else None
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
+    text = _env(env, name)
+    if text is None:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        raise ConfigError(f"{name}: expected an integer, got {text!r}") from None
+    if value < minimum:
+        raise ConfigError(f"{name}: must be at least {minimum}, got {value}")
+    return value
+
+
+def _duration(env: Mapping[str, str], name: str, default: float) -> float:
+    text = _env(env, name)
+    if text is None:
+        return default
+    try:
+        return parse_duration(text)
+    except ValueError:
+        raise ConfigError(f"{name}: expected a duration like 5m or 300, got {text!r}") from None
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """Settings from the environment, with a clear ConfigError for a bad value."""
+    env = os.environ if env is None else env
+    host, port = parse_host(_env(env, "OLLAMA_HOST") or "127.0.0.1:11434")
+    models = _env(env, "OLLMLX_MODELS") or _env(env, "OLLAMA_MODELS")
+    total_memory = psutil.virtual_memory().total
+    budget_text = _env(env, "OLLMLX_MEMORY_BUDGET")
+    try:
+        budget = (
+            parse_size(budget_text, total_memory)
+            if budget_text
+            else int(total_memory * DEFAULT_BUDGET_FRACTION)
+        )
+    except ValueError:
+        raise ConfigError(
+            f"OLLMLX_MEMORY_BUDGET: expected bytes (12G) or a percentage (75%), got {budget_text!r}"
+        ) from None
+    max_loaded = _int(env, "OLLAMA_MAX_LOADED_MODELS", 0)
+    origins = tuple(o.strip() for o in (_env(env, "OLLAMA_ORIGINS") or "").split(",") if o.strip())
+    return Settings(
+        host=host,
+        port=port,
+        models_dir=Path(models).expanduser() if models else Settings().models_dir,
+        keep_alive=_duration(env, "OLLAMA_KEEP_ALIVE", 300.0),
+        load_timeout=_duration(env, "OLLAMA_LOAD_TIMEOUT", 300.0),
+        debug=_int(env, "OLLAMA_DEBUG", 0),
+        num_parallel=_int(env, "OLLAMA_NUM_PARALLEL", 1, minimum=1) or 1,
+        max_queue=_int(env, "OLLAMA_MAX_QUEUE", 512, minimum=1),
+        max_loaded_models=max_loaded or 3,
+        memory_budget=budget,
+        context_length=_int(env, "OLLAMA_CONTEXT_LENGTH", 4096, minimum=1),
+        origins=origins,
+        shutdown_grace=_duration(env, "OLLMLX_SHUTDOWN_GRACE", 10.0),
+    )

@@ -1,0 +1,112 @@
+"""Ollama `options` (and Modelfile PARAMETERs) -> a resolved `Sampling`.
+
+Precedence: request options, then the model's stored parameters, then Ollama's defaults.
+Unknown keys are ignored with a log line; a wrong type is a 400 with Ollama's wording.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from .config import Settings
+from .protocol import Sampling
+
+log = logging.getLogger("ollmlx.options")
+
+
+class OptionError(ValueError):
+    pass
+
+
+INT, FLOAT, BOOL, STRINGS = "integer", "float32", "boolean", "array"
+
+# Every option Ollama knows, with its JSON type. Those we do not act on (num_gpu,
+# use_mmap, ...) are still type-checked and accepted, as Ollama does.
+OPTION_TYPES: dict[str, str] = {
+    "num_keep": INT,
+    "seed": INT,
+    "num_predict": INT,
+    "top_k": INT,
+    "top_p": FLOAT,
+    "min_p": FLOAT,
+    "typical_p": FLOAT,
+    "repeat_last_n": INT,
+    "temperature": FLOAT,
+    "repeat_penalty": FLOAT,
+    "presence_penalty": FLOAT,
+    "frequency_penalty": FLOAT,
+    "stop": STRINGS,
+    "num_ctx": INT,
+    "num_batch": INT,
+    "num_gpu": INT,
+    "main_gpu": INT,
+    "use_mmap": BOOL,
+    "num_thread": INT,
+}
+
+_SAMPLING_FIELDS = set(Sampling.__struct_fields__)
+
+
+def check_option(key: str, value: Any) -> Any:
+    """The value converted to the option's type, or OptionError with Ollama's message."""
+    kind = OPTION_TYPES[key]
+    is_number = isinstance(value, int | float) and not isinstance(value, bool)
+    if kind == INT and is_number:
+        return int(value)
+    if kind == FLOAT and is_number:
+        return float(value)
+    if kind == BOOL and isinstance(value, bool):
+        return value
+    if kind == STRINGS and isinstance(value, list):
+        if all(isinstance(v, str) for v in value):
+            return list(value)
+        raise OptionError(f'option "{key}" must be of an array of strings')
+    raise OptionError(f'option "{key}" must be of type {kind}')
+
+
+def parse_parameter(key: str, text: str) -> Any:
+    """A Modelfile PARAMETER value (always text) converted to the option's type."""
+    key = key.lower()
+    if key not in OPTION_TYPES:
+        raise OptionError(f"unknown parameter '{key}'")
+    kind = OPTION_TYPES[key]
+    try:
+        if kind == INT:
+            return int(float(text))
+        if kind == FLOAT:
+            return float(text)
+        if kind == BOOL:
+            return text.strip().lower() in ("1", "true", "yes", "on")
+    except ValueError:
+        raise OptionError(f"invalid {kind} value for parameter '{key}': {text!r}") from None
+    return [text]
+
+
+def resolve_sampling(
+    settings: Settings,
+    stored: Mapping[str, Any],
+    requested: Mapping[str, Any] | None,
+) -> Sampling:
+    values: dict[str, Any] = {"num_ctx": settings.context_length}
+    for key, value in stored.items():
+        if key in _SAMPLING_FIELDS:
+            values[key] = value
+    for key, value in (requested or {}).items():
+        if key not in OPTION_TYPES:
+            log.warning("invalid option provided: %s", key)
+            continue
+        if value is None:
+            continue
+        converted = check_option(key, value)
+        if key in _SAMPLING_FIELDS:
+            values[key] = converted
+    if values.get("seed") is not None and values["seed"] < 0:
+        values["seed"] = None  # Ollama: -1 means a random seed
+    sampling = Sampling(**values)
+    if sampling.num_ctx < 1 or sampling.num_ctx > settings.max_num_ctx:
+        raise OptionError(f"num_ctx must be between 1 and {settings.max_num_ctx}")
+    if sampling.num_predict > settings.max_num_predict:
+        raise OptionError(f"num_predict must be at most {settings.max_num_predict}")
+    return sampling

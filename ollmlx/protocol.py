@@ -1,0 +1,96 @@
+"""The internal request and stream types spoken between the supervisor and a worker.
+
+Every public dialect (/api/generate, /api/chat, /v1/...) is translated at the edge into
+one `CompletionRequest`; the worker answers with a stream of `TokenEvent` lines and one
+final `DoneEvent` (or an `ErrorEvent`). This module must stay free of MLX imports.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+SECRET_HEADER = "X-Ollmlx-Secret"
+SECRET_ENV = "OLLMLX_WORKER_SECRET"
+
+
+class Sampling(msgspec.Struct, omit_defaults=True):
+    """Resolved sampling options: every field has its final value (no Ollama nulls)."""
+
+    temperature: float = 0.8
+    top_p: float = 0.9
+    top_k: int = 40
+    min_p: float = 0.0
+    seed: int | None = None
+    num_predict: int = -1  # -1: until the context is full
+    stop: list[str] = msgspec.field(default_factory=list)
+    repeat_penalty: float = 1.0
+    repeat_last_n: int = 64
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    num_ctx: int = 4096
+
+
+class Message(msgspec.Struct, omit_defaults=True):
+    role: str
+    content: str = ""
+    thinking: str | None = None
+    images: list[str] | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_name: str | None = None
+
+
+class CompletionRequest(msgspec.Struct, omit_defaults=True):
+    """One generation. Exactly one of `messages` (chat) or `prompt` (generate) is set."""
+
+    sampling: Sampling = msgspec.field(default_factory=Sampling)
+    messages: list[Message] | None = None
+    prompt: str | None = None
+    system: str | None = None
+    # A Jinja chat template overriding the tokenizer's (Modelfile TEMPLATE / request).
+    template: str | None = None
+    raw: bool = False
+    # Token ids of an earlier /api/generate exchange, continued by this prompt.
+    context: list[int] | None = None
+    # True: drop the oldest tokens to fit num_ctx; False: fail when the prompt is too long.
+    truncate: bool = True
+    return_context: bool = False
+
+
+class TokenEvent(msgspec.Struct, omit_defaults=True, tag="token"):
+    """Text decoded since the last event; empty while a stop string may be starting."""
+
+    text: str
+    token: int
+
+
+class DoneEvent(msgspec.Struct, omit_defaults=True, tag="done"):
+    done_reason: str  # "stop" | "length"
+    prompt_eval_count: int
+    prompt_eval_duration: int  # nanoseconds
+    eval_count: int
+    eval_duration: int  # nanoseconds
+    context: list[int] | None = None
+
+
+class ErrorEvent(msgspec.Struct, tag="error"):
+    error: str
+    status: int = 500
+
+
+WorkerEvent = TokenEvent | DoneEvent | ErrorEvent
+
+
+class Health(msgspec.Struct):
+    status: str  # "loading" | "ok" | "error"
+    memory_bytes: int = 0
+    context_length: int = 0
+    error: str | None = None
+    progress: float = 0.0  # load progress 0..1, resets the supervisor's stall timer
+
+
+encoder = msgspec.json.Encoder()
+event_decoder = msgspec.json.Decoder(WorkerEvent)
+request_decoder = msgspec.json.Decoder(CompletionRequest)
+health_decoder = msgspec.json.Decoder(Health)

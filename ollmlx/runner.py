@@ -1,0 +1,275 @@
+"""The handle on one worker process: spawn, health wait, streaming, stop.
+
+Nothing else in the supervisor spawns processes or speaks HTTP to workers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import secrets
+import signal
+import sys
+import time
+from collections import deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+
+from .protocol import (
+    SECRET_ENV,
+    SECRET_HEADER,
+    CompletionRequest,
+    Health,
+    WorkerEvent,
+    encoder,
+    event_decoder,
+    health_decoder,
+)
+
+log = logging.getLogger("ollmlx.runner")
+
+STOP_TIMEOUT = 5.0
+RUNNER_STOPPED = (
+    "model runner has unexpectedly stopped, this may be due to resource limitations "
+    "or an internal error, check ollama server logs for details"
+)
+
+
+class WorkerError(Exception):
+    """A worker that failed to start or to answer; `status` is the HTTP code to give."""
+
+    def __init__(self, message: str, status: int = 500) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """What a worker needs to load one model."""
+
+    name: str
+    model_dir: Path
+    adapter_dir: Path | None = None
+
+
+class WorkerProcess:
+    """One model's worker subprocess (Ollama's LlamaServer, in Python)."""
+
+    def __init__(
+        self, spec: WorkerSpec, session: aiohttp.ClientSession, load_timeout: float, debug: int = 0
+    ) -> None:
+        self.spec = spec
+        self._session = session
+        self._load_timeout = load_timeout
+        self._debug = debug
+        self._secret = secrets.token_urlsafe(32)
+        self._proc: asyncio.subprocess.Process | None = None
+        self._stderr_tail: deque[str] = deque(maxlen=20)
+        self._readers: list[asyncio.Task[None]] = []
+        self.port = 0
+        self.memory_bytes = 0
+        self.context_length = 0
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    @property
+    def has_exited(self) -> bool:
+        return self._proc is None or self._proc.returncode is not None
+
+    @property
+    def stderr_tail(self) -> str:
+        return "\n".join(self._stderr_tail)
+
+    async def start(self) -> None:
+        env = {**os.environ, SECRET_ENV: self._secret, "PYTHONUNBUFFERED": "1"}
+        args = [sys.executable, "-m", "ollmlx_worker", "--model-dir", str(self.spec.model_dir)]
+        if self.spec.adapter_dir:
+            args += ["--adapter-dir", str(self.spec.adapter_dir)]
+        args += ["--log-level", "DEBUG" if self._debug else "INFO"]
+        # Own session: a terminal's Ctrl-C reaches the supervisor, which stops workers in
+        # order. The stdin pipe tells the worker when the supervisor is gone.
+        self._proc = await asyncio.create_subprocess_exec(
+            *args,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=env,
+            start_new_session=True,
+        )
+        log.info("spawned worker pid=%d for %s", self._proc.pid, self.spec.name)
+        self._readers.append(asyncio.create_task(self._read_stderr()))
+
+    async def wait_until_ready(self) -> None:
+        """Poll /health with exponential backoff until the model is loaded.
+
+        The stall deadline (OLLAMA_LOAD_TIMEOUT) resets whenever the worker reports
+        progress; an exited worker fails at once with the tail of its stderr.
+        """
+        started = time.monotonic()
+        stall_deadline = started + self._load_timeout
+        self.port = await self._read_port(stall_deadline)
+        delay, attempt, progress = 0.05, 0, -1.0
+        while True:
+            attempt += 1
+            try:
+                health = await self.ping(timeout=1.0)
+            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                log.debug("worker %s not ready (attempt %d): %s", self.spec.name, attempt, exc)
+            else:
+                log.debug(
+                    "worker %s status=%s (attempt %d)", self.spec.name, health.status, attempt
+                )
+                if health.status == "ok":
+                    self.memory_bytes = health.memory_bytes
+                    self.context_length = health.context_length
+                    log.info(
+                        "worker pid=%s for %s ready in %.2fs (%d MiB)",
+                        self.pid,
+                        self.spec.name,
+                        time.monotonic() - started,
+                        self.memory_bytes >> 20,
+                    )
+                    return
+                if health.status == "error":
+                    await self.stop()
+                    raise WorkerError(f"error loading model: {health.error}")
+                if health.progress > progress:
+                    progress, stall_deadline = (
+                        health.progress,
+                        time.monotonic() + self._load_timeout,
+                    )
+            if time.monotonic() > stall_deadline:
+                await self.stop()
+                raise WorkerError(
+                    f"timed out waiting for model {self.spec.name} to load after "
+                    f"{self._load_timeout:g}s{self._tail_suffix()}"
+                )
+            await self._sleep_unless_exited(delay)
+            delay = min(delay * 2, 1.0)
+
+    async def ping(self, timeout: float = 2.0) -> Health:
+        if self.has_exited:
+            raise WorkerError(self._exit_message())
+        async with self._session.get(
+            self._url("/health"),
+            headers={SECRET_HEADER: self._secret},
+            timeout=aiohttp.ClientTimeout(total=timeout),
+        ) as response:
+            return health_decoder.decode(await response.read())
+
+    async def stream(self, request: CompletionRequest) -> AsyncIterator[WorkerEvent]:
+        """The worker's events for one request, as they are decoded."""
+        try:
+            async with self._session.post(
+                self._url("/completion"),
+                data=encoder.encode(request),
+                headers={SECRET_HEADER: self._secret, "Content-Type": "application/json"},
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=5),
+            ) as response:
+                if response.status != 200:
+                    body = await response.text()
+                    raise WorkerError(_error_text(body), response.status)
+                pending = b""
+                async for chunk in response.content.iter_any():
+                    pending += chunk
+                    *lines, pending = pending.split(b"\n")
+                    for line in lines:
+                        if line:
+                            yield event_decoder.decode(line)
+        except aiohttp.ClientError as exc:
+            await self._wait_exit(0.5)
+            log.warning("worker %s stream broke: %s", self.spec.name, exc)
+            raise WorkerError(RUNNER_STOPPED) from exc
+
+    async def stop(self) -> None:
+        """SIGTERM, wait, SIGKILL, and always reap so no zombie is left."""
+        proc = self._proc
+        if proc is None:
+            return
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(proc.wait(), STOP_TIMEOUT)
+            except asyncio.TimeoutError:
+                log.warning("worker pid=%d ignored SIGTERM; killing", proc.pid)
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                await proc.wait()
+            log.info("stopped worker pid=%d for %s", proc.pid, self.spec.name)
+        else:
+            await proc.wait()
+        for task in self._readers:
+            task.cancel()
+        if proc.stdin:
+            proc.stdin.close()
+
+    def _url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    async def _read_port(self, deadline: float) -> int:
+        assert self._proc is not None and self._proc.stdout is not None
+        try:
+            line = await asyncio.wait_for(
+                self._proc.stdout.readline(), max(deadline - time.monotonic(), 0.1)
+            )
+        except asyncio.TimeoutError:
+            await self.stop()
+            raise WorkerError(
+                f"timed out waiting for the worker of {self.spec.name} to start"
+            ) from None
+        if not line:
+            await self._wait_exit(2.0)
+            raise WorkerError(self._exit_message())
+        self._readers.append(asyncio.create_task(self._drain_stdout()))
+        return int(json.loads(line)["port"])
+
+    async def _read_stderr(self) -> None:
+        assert self._proc is not None and self._proc.stderr is not None
+        while line := await self._proc.stderr.readline():
+            text = line.decode(errors="replace").rstrip()
+            self._stderr_tail.append(text)
+            log.debug("[%s] %s", self.spec.name, text)
+
+    async def _drain_stdout(self) -> None:
+        assert self._proc is not None and self._proc.stdout is not None
+        while await self._proc.stdout.read(4096):
+            pass
+
+    async def _sleep_unless_exited(self, seconds: float) -> None:
+        if await self._wait_exit(seconds):
+            raise WorkerError(self._exit_message())
+
+    async def _wait_exit(self, seconds: float) -> bool:
+        assert self._proc is not None
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self._proc.wait()), seconds)
+        if self._proc.returncode is not None:
+            # Let the stderr reader catch the last lines before they are quoted.
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._readers[0]), 1.0)
+            return True
+        return False
+
+    def _exit_message(self) -> str:
+        code = self._proc.returncode if self._proc else None
+        return f"model runner for {self.spec.name} exited with code {code}{self._tail_suffix()}"
+
+    def _tail_suffix(self) -> str:
+        tail = self.stderr_tail
+        return f": {tail}" if tail else ""
+
+
+def _error_text(body: str) -> str:
+    try:
+        return str(json.loads(body)["error"])
+    except (ValueError, KeyError, TypeError):
+        return body.strip() or "worker error"

@@ -1,0 +1,96 @@
+"""`python -m ollmlx_worker --model-dir DIR`: serve one model on 127.0.0.1.
+
+The worker binds its port before importing MLX, prints `{"port": N}` on stdout so the
+supervisor knows where to poll, and loads the model while /health says "loading".
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+from aiohttp import web
+
+from ollmlx.protocol import SECRET_ENV
+
+from .engine import Engine
+from .server import create_app
+
+log = logging.getLogger("ollmlx.worker")
+
+
+def _exit_when_orphaned(parent_pid: int) -> None:
+    """Exit as soon as the supervisor is gone, even after a SIGKILL of it.
+
+    The supervisor holds the write end of our stdin: end of file means it died. The
+    parent-pid check covers a stdin that is not a pipe. Both work on macOS and Linux.
+    """
+
+    def read_stdin() -> None:
+        try:
+            while sys.stdin.buffer.read(4096):
+                pass
+        except (OSError, ValueError):
+            return
+        log.info("supervisor closed the pipe; exiting")
+        os._exit(0)
+
+    def poll_parent() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(0.25)
+        log.info("supervisor %d is gone; exiting", parent_pid)
+        os._exit(0)
+
+    if not sys.stdin.isatty():
+        threading.Thread(target=read_stdin, name="stdin-watch", daemon=True).start()
+    threading.Thread(target=poll_parent, name="parent-watch", daemon=True).start()
+
+
+async def _serve(app: web.Application, engine: Engine, port: int) -> None:
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", port)
+    await site.start()
+    bound = runner.addresses[0][1]
+    print(json.dumps({"port": bound}), flush=True)
+    engine.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("stopping")
+    engine.close()
+    await runner.cleanup()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="ollmlx_worker")
+    parser.add_argument("--model-dir", type=Path, required=True)
+    parser.add_argument("--adapter-dir", type=Path, default=None)
+    parser.add_argument("--port", type=int, default=0, help="0: pick a free port and report it")
+    parser.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format=f"%(asctime)s %(levelname)s worker[{os.getpid()}] %(message)s",
+        stream=sys.stderr,
+    )
+    secret = os.environ.pop(SECRET_ENV, "")
+    if not secret:
+        parser.error(f"{SECRET_ENV} must be set")
+    _exit_when_orphaned(os.getppid())
+    engine = Engine(args.model_dir, args.adapter_dir)
+    asyncio.run(_serve(create_app(engine, secret), engine, args.port))
+
+
+if __name__ == "__main__":
+    main()

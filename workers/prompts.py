@@ -1,0 +1,108 @@
+"""Turn a CompletionRequest into prompt token ids with the model's own chat template."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ollmlx.protocol import CompletionRequest, Message
+
+
+class PromptError(Exception):
+    """A request whose prompt cannot be built; `status` is the HTTP code to answer with."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _message_dict(message: Message) -> dict[str, Any]:
+    out: dict[str, Any] = {"role": message.role, "content": message.content}
+    if message.tool_calls:
+        out["tool_calls"] = message.tool_calls
+    if message.tool_name:
+        out["name"] = message.tool_name
+    if message.thinking:
+        out["reasoning_content"] = message.thinking
+    return out
+
+
+def has_chat_template(tokenizer: Any, override: str | None = None) -> bool:
+    builtin = getattr(tokenizer, "_chat_template", None)  # mlx-lm's own template callables
+    return bool(override or builtin or getattr(tokenizer, "chat_template", None))
+
+
+def render_chat(tokenizer: Any, messages: list[Message], template: str | None) -> str:
+    if not has_chat_template(tokenizer, template):
+        # No template at all: a plain transcript is better than refusing to answer.
+        lines = [f"{m.role}: {m.content}" for m in messages]
+        return "\n".join([*lines, "assistant:"])
+    conversation = [_message_dict(m) for m in messages]
+    if template:
+        # An override goes straight to the Hugging Face tokenizer's Jinja renderer.
+        hf_tokenizer = getattr(tokenizer, "_tokenizer", tokenizer)
+        rendered = hf_tokenizer.apply_chat_template(
+            conversation, chat_template=template, tokenize=False, add_generation_prompt=True
+        )
+    else:
+        rendered = tokenizer.apply_chat_template(
+            conversation, tokenize=False, add_generation_prompt=True
+        )
+    return str(rendered)
+
+
+def encode_text(tokenizer: Any, text: str, templated: bool) -> list[int]:
+    """Token ids of `text`; a rendered template already carries its special tokens."""
+    if templated:
+        return list(tokenizer.encode(text, add_special_tokens=False))
+    bos = getattr(tokenizer, "bos_token", None)
+    add_special = bos is None or not text.startswith(bos)
+    return list(tokenizer.encode(text, add_special_tokens=add_special))
+
+
+def chat_messages(request: CompletionRequest) -> list[Message]:
+    """Messages for the template: chat as given, generate as [system?, user]."""
+    if request.messages is not None:
+        return request.messages
+    messages = [Message(role="system", content=request.system)] if request.system else []
+    return [*messages, Message(role="user", content=request.prompt or "")]
+
+
+def _truncate_front(tokens: list[int], limit: int, bos_id: int | None) -> list[int]:
+    # Keep the BOS token, like Ollama's num_keep, and the most recent tokens.
+    if bos_id is not None and tokens and tokens[0] == bos_id and limit > 1:
+        return [bos_id, *tokens[len(tokens) - (limit - 1) :]]
+    return tokens[len(tokens) - limit :]
+
+
+def build_prompt(tokenizer: Any, request: CompletionRequest) -> list[int]:
+    """Prompt token ids within num_ctx (leaving room for one generated token)."""
+    limit = max(request.sampling.num_ctx - 1, 1)
+    templated = has_chat_template(tokenizer, request.template)
+
+    def render(messages: list[Message]) -> list[int]:
+        return encode_text(tokenizer, render_chat(tokenizer, messages, request.template), templated)
+
+    messages = chat_messages(request)
+    if request.raw:
+        tokens = encode_text(tokenizer, request.prompt or "", templated=False)
+    else:
+        tokens = render(messages)
+        # Chat: drop whole old turns first (keeping system messages and the last turn).
+        while len(tokens) > limit and request.truncate and request.messages is not None:
+            droppable = [i for i, m in enumerate(messages[:-1]) if m.role != "system"]
+            if not droppable:
+                break
+            messages = [m for i, m in enumerate(messages) if i != droppable[0]]
+            tokens = render(messages)
+    if request.context:
+        tokens = [*request.context, *tokens]
+    if len(tokens) > limit:
+        if not request.truncate:
+            raise PromptError(
+                f"the input length ({len(tokens)} tokens) exceeds the context length "
+                f"(num_ctx {request.sampling.num_ctx})"
+            )
+        tokens = _truncate_front(tokens, limit, getattr(tokenizer, "bos_token_id", None))
+    if not tokens:
+        raise PromptError("the prompt is empty after tokenization")
+    return tokens

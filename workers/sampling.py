@@ -1,0 +1,81 @@
+"""Sampling options -> mlx-lm sampler and logits processors; stop strings matched on text."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import mlx.core as mx
+from mlx_lm.sample_utils import make_logits_processors, make_sampler
+
+from ollmlx.protocol import Sampling
+
+Sampler = Callable[[mx.array], mx.array]
+LogitsProcessor = Callable[[mx.array, mx.array], mx.array]
+
+
+def build_sampler(options: Sampling) -> Sampler:
+    # Ollama treats top_k <= 0 and top_p >= 1 as "off"; mlx-lm uses 0 for off.
+    top_p = options.top_p if 0.0 < options.top_p < 1.0 else 0.0
+    return make_sampler(
+        temp=max(options.temperature, 0.0),
+        top_p=top_p,
+        min_p=max(options.min_p, 0.0),
+        top_k=max(options.top_k, 0),
+    )
+
+
+def build_logits_processors(options: Sampling) -> list[LogitsProcessor]:
+    context = options.repeat_last_n if options.repeat_last_n > 0 else 64
+    return make_logits_processors(
+        repetition_penalty=options.repeat_penalty if options.repeat_penalty != 1.0 else None,
+        repetition_context_size=context,
+        presence_penalty=options.presence_penalty or None,
+        presence_context_size=context,
+        frequency_penalty=options.frequency_penalty or None,
+        frequency_context_size=context,
+    )
+
+
+class StopMatcher:
+    """Finds stop strings in streamed text, across token boundaries.
+
+    Text that could be the start of a stop string is held back until it is known not
+    to be one, so a stop string never reaches the client, not even in part.
+    """
+
+    def __init__(self, stops: list[str]) -> None:
+        self._stops = [s for s in stops if s]
+        self._longest = max((len(s) for s in self._stops), default=0)
+        self._pending = ""
+        self.stopped = False
+
+    def feed(self, text: str) -> str:
+        """Add decoded text; return what is safe to emit now."""
+        if self.stopped:
+            return ""
+        if not self._stops:
+            return text
+        self._pending += text
+        first = min((i for i in (self._pending.find(s) for s in self._stops) if i >= 0), default=-1)
+        if first >= 0:
+            self.stopped = True
+            out, self._pending = self._pending[:first], ""
+            return out
+        keep = self._held_suffix_length()
+        cut = len(self._pending) - keep
+        out, self._pending = self._pending[:cut], self._pending[cut:]
+        return out
+
+    def flush(self) -> str:
+        """The held-back text, once generation ended without completing a stop string."""
+        out, self._pending = self._pending, ""
+        return "" if self.stopped else out
+
+    def _held_suffix_length(self) -> int:
+        # The longest suffix of the pending text that is a proper prefix of a stop string.
+        limit = min(len(self._pending), self._longest - 1)
+        for size in range(limit, 0, -1):
+            tail = self._pending[-size:]
+            if any(stop.startswith(tail) for stop in self._stops):
+                return size
+        return 0

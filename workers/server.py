@@ -1,0 +1,88 @@
+"""The worker's HTTP side: /health and /completion on 127.0.0.1, guarded by a secret."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+
+import msgspec
+from aiohttp import web
+
+from ollmlx.protocol import (
+    SECRET_HEADER,
+    ErrorEvent,
+    Health,
+    WorkerEvent,
+    encoder,
+    request_decoder,
+)
+
+from .engine import Engine, Job
+
+log = logging.getLogger("ollmlx.worker")
+
+ENGINE = web.AppKey("engine", Engine)
+SECRET = web.AppKey("secret", str)
+
+
+@web.middleware
+async def require_secret(request: web.Request, handler: web.RequestHandler) -> web.StreamResponse:
+    # Another local user can reach a loopback port; only the supervisor knows the secret.
+    expected = request.app[SECRET]
+    if not hmac.compare_digest(request.headers.get(SECRET_HEADER, ""), expected):
+        return web.json_response({"error": "unauthorized"}, status=401)
+    return await handler(request)
+
+
+async def health(request: web.Request) -> web.Response:
+    engine = request.app[ENGINE]
+    body = Health(
+        status=engine.status,
+        memory_bytes=engine.memory_bytes,
+        context_length=engine.context_length,
+        error=engine.error,
+        progress=1.0 if engine.status == "ok" else 0.0,
+    )
+    return web.Response(body=encoder.encode(body), content_type="application/json")
+
+
+async def completion(request: web.Request) -> web.StreamResponse:
+    engine = request.app[ENGINE]
+    if engine.status != "ok":
+        return web.json_response({"error": engine.error or "model not loaded"}, status=503)
+    try:
+        completion_request = request_decoder.decode(await request.read())
+    except msgspec.ValidationError as exc:
+        return web.json_response({"error": str(exc)}, status=400)
+    loop = asyncio.get_running_loop()
+    events: asyncio.Queue[WorkerEvent] = asyncio.Queue()
+    job = Job(completion_request, lambda e: loop.call_soon_threadsafe(events.put_nowait, e))
+    engine.submit(job)
+    response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+    buffer = bytearray()
+    try:
+        await response.prepare(request)
+        while True:
+            event = await events.get()
+            encoder.encode_into(event, buffer)
+            buffer.extend(b"\n")
+            await response.write(bytes(buffer))
+            if not isinstance(event, ErrorEvent) and getattr(event, "done_reason", None):
+                break
+            if isinstance(event, ErrorEvent):
+                break
+    finally:
+        # Runs on normal end and when aiohttp cancels us because the client left.
+        job.cancelled.set()
+    await response.write_eof()
+    return response
+
+
+def create_app(engine: Engine, secret: str) -> web.Application:
+    app = web.Application(middlewares=[require_secret])
+    app[ENGINE] = engine
+    app[SECRET] = secret
+    app.router.add_get("/health", health)
+    app.router.add_post("/completion", completion)
+    return app

@@ -25,7 +25,7 @@ class Sampling(msgspec.Struct, omit_defaults=True):
     seed: int | None = None
     num_predict: int = -1  # -1: until the context is full
     stop: list[str] = msgspec.field(default_factory=list)
-    repeat_penalty: float = 1.0
+    repeat_penalty: float = 1.1  # Ollama's DefaultOptions (its docs page says 1.0)
     repeat_last_n: int = 64
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0

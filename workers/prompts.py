@@ -75,8 +75,14 @@ def _truncate_front(tokens: list[int], limit: int, bos_id: int | None) -> list[i
 
 
 def build_prompt(tokenizer: Any, request: CompletionRequest) -> list[int]:
-    """Prompt token ids within num_ctx (leaving room for one generated token)."""
-    limit = max(request.sampling.num_ctx - 1, 1)
+    """Prompt token ids within num_ctx.
+
+    Too long: an error when `truncate` is off; else the oldest tokens go, down to a size
+    that leaves room to answer (num_predict tokens, at most half the context).
+    """
+    num_ctx, num_predict = request.sampling.num_ctx, request.sampling.num_predict
+    reserve = min(num_predict if num_predict > 0 else num_ctx // 4, num_ctx // 2)
+    limit = max(num_ctx - max(reserve, 1), 1)
     templated = has_chat_template(tokenizer, request.template)
 
     def render(messages: list[Message]) -> list[int]:
@@ -96,12 +102,9 @@ def build_prompt(tokenizer: Any, request: CompletionRequest) -> list[int]:
             tokens = render(messages)
     if request.context:
         tokens = [*request.context, *tokens]
-    if len(tokens) > limit:
-        if not request.truncate:
-            raise PromptError(
-                f"the input length ({len(tokens)} tokens) exceeds the context length "
-                f"(num_ctx {request.sampling.num_ctx})"
-            )
+    if len(tokens) > num_ctx - 1 and not request.truncate:
+        raise PromptError("the input length exceeds the context length")
+    if len(tokens) > limit and request.truncate:
         tokens = _truncate_front(tokens, limit, getattr(tokenizer, "bos_token_id", None))
     if not tokens:
         raise PromptError("the prompt is empty after tokenization")

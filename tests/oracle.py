@@ -26,9 +26,7 @@ class Oracle:
         )
         return list(self.tokenizer.encode(text, add_special_tokens=False))
 
-    def greedy(
-        self, prompt: list[int], max_tokens: int, repeat_penalty: float = 1.1
-    ) -> Generation:
+    def greedy(self, prompt: list[int], max_tokens: int, repeat_penalty: float = 1.1) -> Generation:
         """Greedy decoding with Ollama's default repeat penalty (last 64 tokens)."""
         from mlx_lm import stream_generate
         from mlx_lm.sample_utils import make_logits_processors, make_sampler

@@ -69,7 +69,10 @@ def test_generate_context_continues_a_conversation(client: ollama.Client, oracle
 def test_streaming_sends_one_chunk_per_token(client: ollama.Client) -> None:
     chunks = list(
         client.generate(
-            model="tiny", prompt="stream", options={"temperature": 0, "num_predict": 50}, stream=True
+            model="tiny",
+            prompt="stream",
+            options={"temperature": 0, "num_predict": 50},
+            stream=True,
         )
     )
     tokens = [c for c in chunks if not c.done]
@@ -133,7 +136,10 @@ def test_model_system_prompt_is_applied(client: ollama.Client, oracle: Oracle) -
     client.create(model="tiny-system", from_="tiny", system="Always answer in rhyme.")
     result = client.generate(model="tiny-system", prompt="hi", options=GREEDY)
     expected_prompt = oracle.chat_prompt(
-        [{"role": "system", "content": "Always answer in rhyme."}, {"role": "user", "content": "hi"}]
+        [
+            {"role": "system", "content": "Always answer in rhyme."},
+            {"role": "user", "content": "hi"},
+        ]
     )
     assert result.context is not None
     assert list(result.context[: len(expected_prompt)]) == expected_prompt

@@ -122,7 +122,9 @@ class Engine:
             if not generated:
                 first_token_at = time.perf_counter_ns()
             if job.cancelled.is_set():
-                return  # the client went away: stop within one decode step
+                # The client went away: stop within one decode step.
+                log.info("request cancelled by the client after %d tokens", len(generated))
+                return
             if token in eos:
                 reason = "stop"
                 break

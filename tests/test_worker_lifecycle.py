@@ -1,0 +1,158 @@
+"""Worker processes for real: spawn, health, secret, cancellation, orphan exit, load errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import httpx
+import ollama
+import psutil
+import pytest
+
+from ollmlx.protocol import SECRET_ENV, SECRET_HEADER
+from tests.conftest import Server, start_server, wait_for
+
+
+@pytest.fixture
+def worker(tiny_model_dir: Path) -> tuple[subprocess.Popen[bytes], int, str]:
+    """A worker started by hand, the way the supervisor starts one."""
+    secret = "test-secret"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ollmlx_worker", "--model-dir", str(tiny_model_dir)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, SECRET_ENV: secret},
+    )
+    assert proc.stdout is not None
+    port = json.loads(proc.stdout.readline())["port"]
+    yield proc, port, secret
+    proc.terminate()
+    proc.wait(10)
+    for pipe in (proc.stdin, proc.stdout):
+        if pipe:
+            pipe.close()
+
+
+def test_worker_health_goes_from_loading_to_ok(worker: tuple) -> None:
+    proc, port, secret = worker
+    url = f"http://127.0.0.1:{port}/health"
+    statuses: list[str] = []
+
+    def status() -> str:
+        body = httpx.get(url, headers={SECRET_HEADER: secret}).json()
+        statuses.append(body["status"])
+        return body["status"]
+
+    assert wait_for(lambda: status() == "ok", timeout=60)
+    assert set(statuses) <= {"loading", "ok"}
+    body = httpx.get(url, headers={SECRET_HEADER: secret}).json()
+    assert body["memory_bytes"] > 0
+    assert body["context_length"] == 2048
+
+
+def test_worker_refuses_requests_without_the_secret(worker: tuple) -> None:
+    _, port, _ = worker
+    response = httpx.get(f"http://127.0.0.1:{port}/health")
+    assert response.status_code == 401
+    response = httpx.get(f"http://127.0.0.1:{port}/health", headers={SECRET_HEADER: "guess"})
+    assert response.status_code == 401
+
+
+def test_worker_binds_loopback_only(worker: tuple) -> None:
+    proc, port, _ = worker
+    listening = [
+        c.laddr
+        for c in psutil.Process(proc.pid).net_connections(kind="tcp")
+        if c.status == psutil.CONN_LISTEN
+    ]
+    assert listening and all(addr.ip == "127.0.0.1" for addr in listening)
+
+
+def test_worker_exits_when_the_supervisor_is_killed(fresh_server: Server) -> None:
+    with fresh_server.client() as client:
+        client.generate(model="tiny", prompt="")
+    workers = fresh_server.workers()
+    assert len(workers) == 1
+    fresh_server.process.send_signal(signal.SIGKILL)
+    fresh_server.process.wait()
+    gone, alive = psutil.wait_procs(workers, timeout=5)
+    assert not alive, "a worker outlived its supervisor"
+
+
+def test_concurrent_first_requests_start_one_worker(fresh_server: Server) -> None:
+    results: list[int] = []
+
+    def ask() -> None:
+        with fresh_server.client() as client:
+            results.append(
+                client.generate(model="tiny", prompt="hi", options={"num_predict": 3}).eval_count
+                or 0
+            )
+
+    threads = [threading.Thread(target=ask) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert results == [3, 3, 3, 3]
+    assert fresh_server.log().count("spawned worker") == 1
+    assert len(fresh_server.workers()) == 1
+
+
+def test_client_disconnect_stops_generation(tmp_path: Path, tiny_model_dir: Path) -> None:
+    server = start_server(tmp_path, OLLAMA_DEBUG="1")
+    try:
+        with server.client() as client:
+            client.create(model="tiny", from_=str(tiny_model_dir))
+            client.generate(model="tiny", prompt="")
+        options = {"num_predict": 4000, "temperature": 0}
+        body = {"model": "tiny", "prompt": "go on forever", "options": options}
+        with httpx.stream("POST", server.url + "/api/generate", json=body) as response:
+            lines = response.iter_lines()
+            read = [next(lines) for _ in range(5)]
+        assert len(read) == 5
+        pattern = re.compile(r"request cancelled by the client after (\d+) tokens")
+        assert wait_for(lambda: pattern.search(server.log()) is not None, timeout=30)
+        match = pattern.search(server.log())
+        assert match is not None and int(match.group(1)) < 1000
+        # The worker is free again: the next request is answered in full.
+        with server.client() as client:
+            assert client.generate(model="tiny", prompt="hi", options={"num_predict": 3}).done
+    finally:
+        server.stop()
+
+
+def test_health_polling_is_logged(tmp_path: Path, tiny_model_dir: Path) -> None:
+    server = start_server(tmp_path, OLLAMA_DEBUG="1")
+    try:
+        with server.client() as client:
+            client.create(model="tiny", from_=str(tiny_model_dir))
+            client.generate(model="tiny", prompt="")
+        log = server.log()
+        assert re.search(r"worker tiny:latest (not ready|status=loading) \(attempt 1\)", log)
+        assert re.search(r"worker pid=\d+ for tiny:latest ready in \d+\.\d+s", log)
+    finally:
+        server.stop()
+
+
+def test_a_model_that_fails_to_load_reports_the_worker_error(fresh_server: Server) -> None:
+    with fresh_server.client() as client:
+        stored = next((fresh_server.models_dir / "weights").glob("sha256-*"))
+        weights = stored / "model.safetensors"
+        weights.unlink()  # the store hard-links its files: never write through the link
+        weights.write_bytes(b"not a safetensors file")
+        with pytest.raises(ollama.ResponseError) as err:
+            client.generate(model="tiny", prompt="hi")
+        assert err.value.status_code == 500
+        assert "error loading model" in err.value.error
+        assert not fresh_server.workers()
+        # The server itself keeps serving.
+        assert client.list().models

@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint bench clean
+.PHONY: install run test lint bench tiny-model clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,10 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks
+
+# A tiny random-weight model to try the server with (no download): ./tiny-model
+tiny-model: $(STAMP)
+	$(BIN)/python -m tests.tinymodel tiny-model
 
 clean:
 	rm -rf $(VENV) build *.egg-info

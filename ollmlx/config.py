@@ -108,6 +108,9 @@ class Settings:
     context_length: int = 4096
     origins: tuple[str, ...] = ()
     shutdown_grace: float = 10.0
+    worker_memory_limit: int = 0  # bytes one worker may use; 0: what the OS has free
+    health_interval: float = 5.0  # seconds between health checks of loaded workers
+    health_timeout: float = 10.0  # a worker silent this long is hung: killed and replaced
     max_body_bytes: int = 64 << 20
     max_num_predict: int = 1 << 17
     max_num_ctx: int = 1 << 20
@@ -146,23 +149,25 @@ def _duration(env: Mapping[str, str], name: str, default: float) -> float:
         raise ConfigError(f"{name}: expected a duration like 5m or 300, got {text!r}") from None
 
 
+def _size(env: Mapping[str, str], name: str, default: int, total: int) -> int:
+    text = _env(env, name)
+    if text is None:
+        return default
+    try:
+        return parse_size(text, total)
+    except ValueError:
+        raise ConfigError(f"{name}: expected bytes (64M) or a percentage, got {text!r}") from None
+
+
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Settings from the environment, with a clear ConfigError for a bad value."""
     env = os.environ if env is None else env
     host, port = parse_host(_env(env, "OLLAMA_HOST") or "127.0.0.1:11434")
     models = _env(env, "OLLMLX_MODELS") or _env(env, "OLLAMA_MODELS")
     total_memory = psutil.virtual_memory().total
-    budget_text = _env(env, "OLLMLX_MEMORY_BUDGET")
-    try:
-        budget = (
-            parse_size(budget_text, total_memory)
-            if budget_text
-            else int(total_memory * DEFAULT_BUDGET_FRACTION)
-        )
-    except ValueError:
-        raise ConfigError(
-            f"OLLMLX_MEMORY_BUDGET: expected bytes (12G) or a percentage (75%), got {budget_text!r}"
-        ) from None
+    budget = _size(
+        env, "OLLMLX_MEMORY_BUDGET", int(total_memory * DEFAULT_BUDGET_FRACTION), total_memory
+    )
     max_loaded = _int(env, "OLLAMA_MAX_LOADED_MODELS", 0)
     origins = tuple(o.strip() for o in (_env(env, "OLLAMA_ORIGINS") or "").split(",") if o.strip())
     return Settings(
@@ -179,4 +184,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         context_length=_int(env, "OLLAMA_CONTEXT_LENGTH", 4096, minimum=1),
         origins=origins,
         shutdown_grace=_duration(env, "OLLMLX_SHUTDOWN_GRACE", 10.0),
+        worker_memory_limit=_size(env, "OLLMLX_WORKER_MEMORY_LIMIT", 0, total_memory),
+        health_interval=_duration(env, "OLLMLX_HEALTH_INTERVAL", 5.0),
+        health_timeout=_duration(env, "OLLMLX_HEALTH_TIMEOUT", 10.0),
+        max_body_bytes=_size(env, "OLLMLX_MAX_BODY", 64 << 20, total_memory),
     )

@@ -62,12 +62,18 @@ class WorkerProcess:
     """One model's worker subprocess (Ollama's LlamaServer, in Python)."""
 
     def __init__(
-        self, spec: WorkerSpec, session: aiohttp.ClientSession, load_timeout: float, debug: int = 0
+        self,
+        spec: WorkerSpec,
+        session: aiohttp.ClientSession,
+        load_timeout: float,
+        debug: int = 0,
+        memory_limit: int = 0,
     ) -> None:
         self.spec = spec
         self._session = session
         self._load_timeout = load_timeout
         self._debug = debug
+        self._memory_limit = memory_limit
         self._secret = secrets.token_urlsafe(32)
         self._proc: asyncio.subprocess.Process | None = None
         self._stderr_tail: deque[str] = deque(maxlen=20)
@@ -88,12 +94,32 @@ class WorkerProcess:
     def stderr_tail(self) -> str:
         return "\n".join(self._stderr_tail)
 
+    @property
+    def returncode(self) -> int | None:
+        return self._proc.returncode if self._proc else None
+
+    async def wait_exit(self) -> int:
+        """Until the process exits (reaped), for whatever reason; its exit code."""
+        assert self._proc is not None
+        code = await self._proc.wait()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self._readers[0]), 1.0)
+        return code
+
+    def kill(self) -> None:
+        """SIGKILL: the only signal a stopped (SIGSTOP) or hung process cannot ignore."""
+        if self._proc is not None and self._proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self._proc.kill()
+
     async def start(self) -> None:
         env = {**os.environ, SECRET_ENV: self._secret, "PYTHONUNBUFFERED": "1"}
         args = [sys.executable, "-m", "ollmlx_worker", "--model-dir", str(self.spec.model_dir)]
         if self.spec.adapter_dir:
             args += ["--adapter-dir", str(self.spec.adapter_dir)]
         args += ["--log-level", "DEBUG" if self._debug else "INFO"]
+        if self._memory_limit:
+            args += ["--memory-limit", str(self._memory_limit)]
         # Own session: a terminal's Ctrl-C reaches the supervisor, which stops workers in
         # order. The stdin pipe tells the worker when the supervisor is gone.
         self._proc = await asyncio.create_subprocess_exec(
@@ -164,6 +190,14 @@ class WorkerProcess:
             timeout=aiohttp.ClientTimeout(total=timeout),
         ) as response:
             return health_decoder.decode(await response.read())
+
+    async def is_responsive(self, timeout: float) -> bool:
+        """A health check that only says yes or no (the monitor's question)."""
+        try:
+            await self.ping(timeout=timeout)
+        except (aiohttp.ClientError, asyncio.TimeoutError, WorkerError):
+            return False
+        return True
 
     async def stream(self, request: CompletionRequest) -> AsyncIterator[WorkerEvent]:
         """The worker's events for one request, as they are decoded."""

@@ -40,6 +40,7 @@ class RunnerRef:
     expires_at: float = math.inf  # time.time() when it unloads; inf while busy or forever
     expiry: asyncio.TimerHandle | None = None
     last_used: float = field(default_factory=time.monotonic)
+    watcher: asyncio.Task[None] | None = None
 
     @property
     def memory_bytes(self) -> int:
@@ -48,6 +49,19 @@ class RunnerRef:
     @property
     def loaded(self) -> bool:
         return self.ready is not None and self.ready.done() and not self.ready.exception()
+
+
+@dataclass
+class StartFailure:
+    """A model whose worker failed to start: no new spawn before `retry_at`."""
+
+    digest: str
+    count: int
+    retry_at: float
+    error: str
+
+
+MAX_START_BACKOFF = 30.0
 
 
 @dataclass
@@ -64,8 +78,14 @@ class Scheduler:
         self._changed = asyncio.Condition()
         self._pending = 0
         self._closing = False
+        self._failures: dict[str, StartFailure] = {}
+        self._monitor: asyncio.Task[None] | None = None
 
     # -- public ------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the health monitor (needs the running loop)."""
+        self._monitor = asyncio.ensure_future(self._monitor_health())
 
     @contextlib.asynccontextmanager
     async def use(
@@ -81,6 +101,12 @@ class Scheduler:
             ref = await self._get_runner(model, estimate)
             try:
                 await self._wait_ready(ref)
+                if ref.slots.locked():
+                    log.debug(
+                        "request for %s waits for a free slot (%d pending)",
+                        model.name.display,
+                        self._pending,
+                    )
                 await ref.slots.acquire()
             except BaseException:
                 await self._release(ref, keep, holds_slot=False)
@@ -112,7 +138,10 @@ class Scheduler:
 
     async def close(self) -> None:
         self._closing = True
+        if self._monitor is not None:
+            self._monitor.cancel()
         refs = list(self._runners.values())
+        log.info("shutting down: stopping %d worker(s)", len(refs))
         await asyncio.gather(*(self._unload(r, "shutdown") for r in refs))
 
     # -- decisions ---------------------------------------------------------------
@@ -123,8 +152,7 @@ class Scheduler:
             while True:
                 ref = self._runners.get(name)
                 if ref is not None and ref.worker.has_exited and ref.loaded:
-                    log.warning("worker for %s exited; it will be started again", name)
-                    self._forget(ref)
+                    self._forget(ref)  # died before its watcher ran: start a new one
                     ref = None
                 if ref is not None and ref.model.digest != model.digest:
                     if ref.ref_count == 0:  # the model was re-created: reload it
@@ -136,9 +164,10 @@ class Scheduler:
                     break
                 if estimate > self._settings.memory_budget:
                     raise WorkerError(
-                        f"model {name} needs about {_gib(estimate)} but the memory budget is "
-                        f"{_gib(self._settings.memory_budget)} (OLLMLX_MEMORY_BUDGET)"
+                        f"model {name} needs about {_size(estimate)} but the memory budget is "
+                        f"{_size(self._settings.memory_budget)} (OLLMLX_MEMORY_BUDGET)"
                     )
+                self._check_start_backoff(model)
                 victim = self._find_runner_to_unload(estimate)
                 if victim is None:
                     ref = self._start(model, estimate)
@@ -172,15 +201,71 @@ class Scheduler:
         self._runners[spec.name] = ref
         return ref
 
+    def _check_start_backoff(self, model: StoredModel) -> None:
+        """A model whose worker keeps failing is not respawned in a tight loop."""
+        failure = self._failures.get(model.name.display)
+        if failure is None or failure.digest != model.digest:
+            return
+        wait = failure.retry_at - time.monotonic()
+        if wait > 0:
+            raise WorkerError(f"{failure.error} (next start attempt in {wait:.1f}s)")
+
     async def _load_worker(self, ref: RunnerRef) -> None:
+        name = ref.model.name.display
         try:
             await ref.worker.start()
             await ref.worker.wait_until_ready()
-        except BaseException:
+        except BaseException as exc:
             await ref.worker.stop()
             async with self._changed:
                 self._forget(ref)
+                previous = self._failures.get(name)
+                count = previous.count + 1 if previous else 1
+                backoff = min(2.0 ** (count - 1), MAX_START_BACKOFF)
+                self._failures[name] = StartFailure(
+                    ref.model.digest, count, time.monotonic() + backoff, str(exc)
+                )
+                log.warning("worker for %s failed to start (%d in a row): %s", name, count, exc)
+                self._changed.notify_all()
             raise
+        self._failures.pop(name, None)
+        ref.watcher = asyncio.ensure_future(self._watch_exit(ref))
+
+    async def _watch_exit(self, ref: RunnerRef) -> None:
+        """Notice a worker that dies on its own (crash, OOM kill) and forget it."""
+        code = await ref.worker.wait_exit()
+        async with self._changed:
+            if self._runners.get(ref.model.name.display) is not ref:
+                return  # stopped by us
+            tail = ref.worker.stderr_tail.splitlines()[-3:]
+            log.warning(
+                "worker pid=%s for %s exited unexpectedly with code %s%s",
+                ref.worker.pid,
+                ref.model.name.display,
+                code,
+                (": " + " | ".join(tail)) if tail else "",
+            )
+            self._forget(ref)
+            self._disarm(ref)
+            self._changed.notify_all()
+
+    async def _monitor_health(self) -> None:
+        """Kill workers that stop answering (hung, or SIGSTOPped); the watcher forgets them."""
+        interval, timeout = self._settings.health_interval, self._settings.health_timeout
+        while True:
+            await asyncio.sleep(interval)
+            refs = [r for r in self._runners.values() if r.loaded and not r.worker.has_exited]
+            answers = await asyncio.gather(*(r.worker.is_responsive(timeout) for r in refs))
+            for ref, responsive in zip(refs, answers, strict=True):
+                if not responsive and not ref.worker.has_exited:
+                    log.warning(
+                        "worker pid=%s for %s did not answer its health check within %gs; "
+                        "killing it",
+                        ref.worker.pid,
+                        ref.model.name.display,
+                        timeout,
+                    )
+                    ref.worker.kill()
 
     async def _wait_ready(self, ref: RunnerRef) -> None:
         assert ref.ready is not None
@@ -239,5 +324,9 @@ class Scheduler:
             del self._runners[ref.model.name.display]
 
 
-def _gib(size: int) -> str:
-    return f"{size / (1 << 30):.1f} GiB"
+def _size(size: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GiB"

@@ -95,6 +95,7 @@ def server_env(models_dir: Path, port: int, **extra: str) -> dict[str, str]:
 def start_server(tmp: Path, **env: str) -> Server:
     """Start `ollmlx serve` and wait until it answers `GET /`."""
     port = free_port()
+    tmp.mkdir(parents=True, exist_ok=True)
     models_dir = tmp / "models"
     log_path = tmp / f"server-{port}.log"
     log_file = log_path.open("wb")

@@ -32,9 +32,13 @@ class Job:
 
 
 class Engine:
-    def __init__(self, model_dir: Path, adapter_dir: Path | None = None) -> None:
+    def __init__(
+        self, model_dir: Path, adapter_dir: Path | None = None, memory_limit: int = 0
+    ) -> None:
         self.model_dir = model_dir
         self.adapter_dir = adapter_dir
+        self.memory_limit = memory_limit  # bytes this worker may use; 0: what the OS has free
+        self._kv_bytes_per_token = 0
         self.status = "loading"
         self.error: str | None = None
         self.memory_bytes = 0
@@ -84,6 +88,7 @@ class Engine:
         self.memory_bytes = max(int(mx.get_active_memory()), int(weights))
         args = getattr(self.model, "args", None)
         self.context_length = int(getattr(args, "max_position_embeddings", 0) or 0)
+        self._kv_bytes_per_token = _kv_bytes_per_token(self.model)
         self.status = "ok"
         log.info(
             "loaded %s in %.2fs (%d MiB)",
@@ -91,6 +96,22 @@ class Engine:
             time.perf_counter() - started,
             self.memory_bytes >> 20,
         )
+
+    def _check_memory(self, tokens: int) -> None:
+        """Refuse a request whose KV cache cannot fit, instead of being killed for it."""
+        import psutil
+
+        needed = self._kv_bytes_per_token * tokens
+        free = psutil.virtual_memory().available
+        if self.memory_limit:
+            free = min(free, self.memory_limit - self.memory_bytes)
+        if needed > free:
+            raise PromptError(
+                f"out of memory: this request needs about {needed >> 20} MiB for {tokens} "
+                f"tokens of context but only {max(free, 0) >> 20} MiB is free; "
+                "lower num_ctx or num_predict",
+                status=500,
+            )
 
     def _generate(self, job: Job) -> None:
         import mlx.core as mx
@@ -101,6 +122,7 @@ class Engine:
         prompt = build_prompt(self.tokenizer, request)
         room = options.num_ctx - len(prompt)
         max_tokens = room if options.num_predict < 0 else min(options.num_predict, room)
+        self._check_memory(len(prompt) + max(max_tokens, 0))
         # An unseeded request must not inherit the sequence of an earlier seeded one.
         mx.random.seed(
             options.seed if options.seed is not None else int.from_bytes(os.urandom(4), "little")
@@ -152,3 +174,24 @@ class Engine:
                 context=[*prompt, *generated] if request.return_context else None,
             )
         )
+
+
+def _kv_bytes_per_token(model: Any) -> int:
+    """KV cache bytes that one token of context costs (keys and values, every layer)."""
+    import mlx.core as mx
+    from mlx.utils import tree_flatten
+
+    args = getattr(model, "args", None)
+    layers = len(getattr(model, "layers", []))
+    heads = int(getattr(args, "num_attention_heads", 0) or 0)
+    kv_heads = int(getattr(args, "num_key_value_heads", 0) or heads)
+    hidden = int(getattr(args, "hidden_size", 0) or 0)
+    head_dim = int(getattr(args, "head_dim", 0) or (hidden // heads if heads else 0))
+    # The cache takes the activations' dtype: that of the float parameters (quantized
+    # weights are integers; their scales are floats).
+    floats = [
+        v.dtype.size
+        for _, v in tree_flatten(model.parameters())
+        if mx.issubdtype(v.dtype, mx.floating)
+    ]
+    return 2 * layers * kv_heads * head_dim * (floats[0] if floats else 2)

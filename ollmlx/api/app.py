@@ -63,17 +63,25 @@ async def errors_middleware(
 
 def create_app(settings: Settings) -> web.Application:
     from . import models, native
+    from .guards import add_cors_headers, make_guards
 
-    app = web.Application(middlewares=[errors_middleware], client_max_size=settings.max_body_bytes)
+    app = web.Application(
+        middlewares=[*make_guards(settings), errors_middleware],
+        client_max_size=settings.max_body_bytes,
+    )
+    app.on_response_prepare.append(add_cors_headers)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         # One shared session to all workers; no connection limit (one stream per request).
         session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
 
         def spawn(spec: WorkerSpec) -> WorkerProcess:
-            return WorkerProcess(spec, session, settings.load_timeout, settings.debug)
+            return WorkerProcess(
+                spec, session, settings.load_timeout, settings.debug, settings.worker_memory_limit
+            )
 
         scheduler = Scheduler(settings, spawn)
+        scheduler.start()
         app[CONTEXT] = Context(settings, Store(settings.models_dir), scheduler, session)
         log.info("serving models from %s", settings.models_dir)
         yield

@@ -35,7 +35,8 @@ def serve(settings: Settings) -> None:
         create_app(settings),
         host=settings.host,
         port=settings.port,
-        shutdown_timeout=settings.shutdown_grace,
+        # The grace period is spent in the app's on_shutdown (wait_for_inflight).
+        shutdown_timeout=1.0,
         handler_cancellation=True,
         print=None,
         access_log=logging.getLogger("aiohttp.access"),

@@ -42,7 +42,7 @@ def worker(tiny_model_dir: Path) -> tuple[subprocess.Popen[bytes], int, str]:
 
 
 def test_worker_health_goes_from_loading_to_ok(worker: tuple) -> None:
-    proc, port, secret = worker
+    _proc, port, secret = worker
     url = f"http://127.0.0.1:{port}/health"
     statuses: list[str] = []
 
@@ -67,7 +67,7 @@ def test_worker_refuses_requests_without_the_secret(worker: tuple) -> None:
 
 
 def test_worker_binds_loopback_only(worker: tuple) -> None:
-    proc, port, _ = worker
+    proc, _port, _ = worker
     listening = [
         c.laddr
         for c in psutil.Process(proc.pid).net_connections(kind="tcp")
@@ -83,7 +83,7 @@ def test_worker_exits_when_the_supervisor_is_killed(fresh_server: Server) -> Non
     assert len(workers) == 1
     fresh_server.process.send_signal(signal.SIGKILL)
     fresh_server.process.wait()
-    gone, alive = psutil.wait_procs(workers, timeout=5)
+    _gone, alive = psutil.wait_procs(workers, timeout=5)
     assert not alive, "a worker outlived its supervisor"
 
 

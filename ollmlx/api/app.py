@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import aiohttp
 import msgspec
@@ -35,6 +36,8 @@ class Context:
     store: Store
     scheduler: Scheduler
     session: aiohttp.ClientSession
+    inflight: int = 0
+    idle: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 CONTEXT = web.AppKey("context", Context)
@@ -42,6 +45,34 @@ CONTEXT = web.AppKey("context", Context)
 
 def error_response(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
+
+
+@web.middleware
+async def inflight_middleware(
+    request: web.Request, handler: web.RequestHandler
+) -> web.StreamResponse:
+    """Count requests in flight, so shutdown can wait for them to finish."""
+    ctx = request.app[CONTEXT]
+    ctx.inflight += 1
+    ctx.idle.clear()
+    try:
+        return await handler(request)
+    finally:
+        ctx.inflight -= 1
+        if ctx.inflight == 0:
+            ctx.idle.set()
+
+
+async def wait_for_inflight(app: web.Application) -> None:
+    """on_shutdown: listening has stopped; in-flight answers get the grace period."""
+    ctx = app[CONTEXT]
+    if ctx.inflight:
+        grace = ctx.settings.shutdown_grace
+        log.info("waiting up to %gs for %d request(s) in flight", grace, ctx.inflight)
+        try:
+            await asyncio.wait_for(ctx.idle.wait(), grace)
+        except asyncio.TimeoutError:
+            log.warning("grace period over: ending %d request(s)", ctx.inflight)
 
 
 @web.middleware
@@ -66,10 +97,11 @@ def create_app(settings: Settings) -> web.Application:
     from .guards import add_cors_headers, make_guards
 
     app = web.Application(
-        middlewares=[*make_guards(settings), errors_middleware],
+        middlewares=[inflight_middleware, *make_guards(settings), errors_middleware],
         client_max_size=settings.max_body_bytes,
     )
     app.on_response_prepare.append(add_cors_headers)
+    app.on_shutdown.append(wait_for_inflight)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         # One shared session to all workers; no connection limit (one stream per request).

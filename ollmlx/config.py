@@ -101,7 +101,7 @@ class Settings:
     keep_alive: float = 300.0  # seconds; negative = forever
     load_timeout: float = 300.0  # a stall timeout, reset while the worker makes progress
     debug: int = 0
-    num_parallel: int = 1
+    num_parallel: int = 4  # batched in the worker: parallel requests cost little
     max_queue: int = 512
     max_loaded_models: int = 3
     memory_budget: int = 0  # bytes; 0 is filled in from physical memory
@@ -177,7 +177,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         keep_alive=_duration(env, "OLLAMA_KEEP_ALIVE", 300.0),
         load_timeout=_duration(env, "OLLAMA_LOAD_TIMEOUT", 300.0),
         debug=_int(env, "OLLAMA_DEBUG", 0),
-        num_parallel=_int(env, "OLLAMA_NUM_PARALLEL", 1, minimum=1) or 1,
+        num_parallel=_int(env, "OLLAMA_NUM_PARALLEL", 4, minimum=1),
         max_queue=_int(env, "OLLAMA_MAX_QUEUE", 512, minimum=1),
         max_loaded_models=max_loaded or 3,
         memory_budget=budget,

@@ -117,7 +117,7 @@ def test_ps_orders_longest_remaining_first(server: Server) -> None:
 
 
 def test_full_queue_answers_503(tmp_path: Path, tiny_model_dir: Path) -> None:
-    server = start_server(tmp_path, OLLAMA_MAX_QUEUE="1", OLLAMA_DEBUG="1")
+    server = start_server(tmp_path, OLLAMA_MAX_QUEUE="1", OLLAMA_NUM_PARALLEL="1", OLLAMA_DEBUG="1")
     try:
         with server.client() as client:
             client.create(model="tiny", from_=str(tiny_model_dir))
@@ -143,4 +143,3 @@ def test_full_queue_answers_503(tmp_path: Path, tiny_model_dir: Path) -> None:
         waiting.join(120)
     finally:
         server.stop()
-

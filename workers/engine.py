@@ -7,7 +7,6 @@ here. The HTTP side only queues jobs and receives events through each job's `emi
 from __future__ import annotations
 
 import logging
-import os
 import queue
 import threading
 import time
@@ -16,10 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ollmlx.protocol import CompletionRequest, DoneEvent, ErrorEvent, TokenEvent, WorkerEvent
+from ollmlx.protocol import CompletionRequest, ErrorEvent, WorkerEvent
 
 from .prompts import PromptError, build_prompt
-from .sampling import StopMatcher, build_logits_processors, build_sampler
 
 log = logging.getLogger("ollmlx.worker")
 
@@ -47,6 +45,7 @@ class Engine:
         self._thread = threading.Thread(target=self._run, name="mlx-engine", daemon=True)
         self.model: Any = None
         self.tokenizer: Any = None
+        self._batch: Any = None  # batching.BatchRunner, made on the engine thread
 
     def start(self) -> None:
         self._thread.start()
@@ -65,16 +64,42 @@ class Engine:
             self.error = f"{type(exc).__name__}: {exc}"
             self.status = "error"
             return
-        while (job := self._jobs.get()) is not None:
-            if job.cancelled.is_set():
-                continue
-            try:
-                self._generate(job)
-            except PromptError as exc:
-                job.emit(ErrorEvent(str(exc), exc.status))
-            except Exception as exc:  # e.g. out of memory: answer it, keep serving
-                log.exception("generation failed")
-                job.emit(ErrorEvent(f"{type(exc).__name__}: {exc}", 500))
+        from .batching import BatchRunner
+
+        self._batch = BatchRunner(self.model, self.tokenizer)
+        while True:
+            # Idle: wait for work. Busy: take what has arrived and keep decoding.
+            for job in self._take_jobs(block=not self._batch.busy):
+                if job is None:
+                    return
+                self._admit(job)
+            self._batch.step()
+
+    def _take_jobs(self, block: bool) -> list[Job | None]:
+        jobs: list[Job | None] = []
+        try:
+            jobs.append(self._jobs.get(block=block))
+            while True:
+                jobs.append(self._jobs.get_nowait())
+        except queue.Empty:
+            return jobs
+
+    def _admit(self, job: Job) -> None:
+        """Build the prompt and join the batch; a bad request is answered at once."""
+        if job.cancelled.is_set():
+            return
+        try:
+            options = job.request.sampling
+            prompt = build_prompt(self.tokenizer, job.request)
+            room = options.num_ctx - len(prompt)
+            max_tokens = room if options.num_predict < 0 else min(options.num_predict, room)
+            self._check_memory(len(prompt) + max(max_tokens, 0))
+            self._batch.add(job, prompt, max_tokens)
+        except PromptError as exc:
+            job.emit(ErrorEvent(str(exc), exc.status))
+        except Exception as exc:
+            log.exception("request failed")
+            job.emit(ErrorEvent(f"{type(exc).__name__}: {exc}", 500))
 
     def _load(self) -> None:
         started = time.perf_counter()
@@ -112,68 +137,6 @@ class Engine:
                 "lower num_ctx or num_predict",
                 status=500,
             )
-
-    def _generate(self, job: Job) -> None:
-        import mlx.core as mx
-        from mlx_lm.generate import generate_step
-
-        request, options = job.request, job.request.sampling
-        started = time.perf_counter_ns()
-        prompt = build_prompt(self.tokenizer, request)
-        room = options.num_ctx - len(prompt)
-        max_tokens = room if options.num_predict < 0 else min(options.num_predict, room)
-        self._check_memory(len(prompt) + max(max_tokens, 0))
-        # An unseeded request must not inherit the sequence of an earlier seeded one.
-        mx.random.seed(
-            options.seed if options.seed is not None else int.from_bytes(os.urandom(4), "little")
-        )
-        eos = set(self.tokenizer.eos_token_ids)
-        detokenizer = self.tokenizer.detokenizer
-        stops = StopMatcher(options.stop)
-        generated: list[int] = []
-        first_token_at = started
-        reason = "length"
-        steps = generate_step(
-            mx.array(prompt),
-            self.model,
-            max_tokens=max_tokens,
-            sampler=build_sampler(options),
-            logits_processors=build_logits_processors(options),
-        )
-        for token, _logprobs in steps if max_tokens > 0 else ():
-            if not generated:
-                first_token_at = time.perf_counter_ns()
-            if job.cancelled.is_set():
-                # The client went away: stop within one decode step.
-                log.info("request cancelled by the client after %d tokens", len(generated))
-                return
-            if token in eos:
-                reason = "stop"
-                break
-            generated.append(token)
-            detokenizer.add_token(token)
-            text = stops.feed(detokenizer.last_segment)
-            job.emit(TokenEvent(text=text, token=token))
-            if stops.stopped:
-                reason = "stop"
-                break
-        detokenizer.finalize()
-        tail = stops.feed(detokenizer.last_segment) + stops.flush()
-        if tail:
-            job.emit(TokenEvent(text=tail, token=-1))
-        finished = time.perf_counter_ns()
-        if not generated:
-            first_token_at = finished
-        job.emit(
-            DoneEvent(
-                done_reason=reason,
-                prompt_eval_count=len(prompt),
-                prompt_eval_duration=first_token_at - started,
-                eval_count=len(generated),
-                eval_duration=finished - first_token_at,
-                context=[*prompt, *generated] if request.return_context else None,
-            )
-        )
 
 
 def _kv_bytes_per_token(model: Any) -> int:

@@ -5,7 +5,13 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import mlx.core as mx
-from mlx_lm.sample_utils import make_logits_processors, make_sampler
+from mlx_lm.sample_utils import (
+    apply_min_p,
+    apply_top_k,
+    apply_top_p,
+    greedy_sampler,
+    make_logits_processors,
+)
 
 from ollmlx.protocol import Sampling
 
@@ -14,14 +20,34 @@ LogitsProcessor = Callable[[mx.array, mx.array], mx.array]
 
 
 def build_sampler(options: Sampling) -> Sampler:
-    # Ollama treats top_k <= 0 and top_p >= 1 as "off"; mlx-lm uses 0 for off.
-    top_p = options.top_p if 0.0 < options.top_p < 1.0 else 0.0
-    return make_sampler(
-        temp=max(options.temperature, 0.0),
-        top_p=top_p,
-        min_p=max(options.min_p, 0.0),
-        top_k=max(options.top_k, 0),
-    )
+    """A sampler of this request's own.
+
+    Greedy requests share mlx-lm's one greedy sampler, so a batch of them samples in one
+    call. A seeded request draws from its own PRNG key, so its output does not depend on
+    what else is in the batch.
+    """
+    if options.temperature <= 0:
+        return greedy_sampler
+    # Ollama treats top_k <= 0 and top_p >= 1 as "off".
+    filters: list[Callable[[mx.array], mx.array]] = []
+    if 0.0 < options.top_p < 1.0:
+        filters.append(lambda x: apply_top_p(x, options.top_p))
+    if options.min_p > 0.0:
+        filters.append(lambda x: apply_min_p(x, options.min_p))
+    if options.top_k > 0:
+        filters.append(lambda x: apply_top_k(x, options.top_k))
+    scale = 1.0 / options.temperature
+    key = [mx.random.key(options.seed)] if options.seed is not None else None
+
+    def sample(logprobs: mx.array) -> mx.array:
+        for keep in filters:
+            logprobs = keep(logprobs)
+        if key is None:
+            return mx.random.categorical(logprobs * scale)
+        key[0], draw = mx.random.split(key[0])
+        return mx.random.categorical(logprobs * scale, key=draw)
+
+    return sample
 
 
 def build_logits_processors(options: Sampling) -> list[LogitsProcessor]:

@@ -1,0 +1,143 @@
+"""Continuous batching on mlx-lm's BatchGenerator, run by the engine thread only.
+
+Each request is one sequence in the batch with its own sampler (and seed), logits
+processors, token limit and stop strings. A new request joins the running batch at the
+next step; prefill runs in chunks between decode steps, so a long prompt does not freeze
+the other streams for its whole length.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from ollmlx.protocol import DoneEvent, ErrorEvent, TokenEvent
+
+from .sampling import StopMatcher, build_logits_processors, build_sampler
+
+log = logging.getLogger("ollmlx.worker")
+
+PREFILL_STEP = 512  # prompt tokens per prefill chunk between two decode steps
+
+
+@dataclass
+class Sequence:
+    job: Any  # engine.Job
+    prompt: list[int]
+    started: int  # perf_counter_ns at admission
+    detokenizer: Any
+    stops: StopMatcher
+    first_token_at: int = 0
+    generated: list[int] = field(default_factory=list)
+
+
+class BatchRunner:
+    def __init__(self, model: Any, tokenizer: Any, max_batch: int = 32) -> None:
+        from mlx_lm.generate import BatchGenerator
+
+        self._tokenizer = tokenizer
+        self._eos = set(tokenizer.eos_token_ids)
+        self._make = lambda: BatchGenerator(
+            model,
+            stop_tokens=[[t] for t in self._eos],
+            completion_batch_size=max_batch,
+            prefill_batch_size=min(8, max_batch),
+            prefill_step_size=PREFILL_STEP,
+        )
+        self._generator = self._make()
+        self._active: dict[int, Sequence] = {}
+
+    @property
+    def busy(self) -> bool:
+        return bool(self._active)
+
+    def add(self, job: Any, prompt: list[int], max_tokens: int) -> None:
+        options = job.request.sampling
+        started = time.perf_counter_ns()
+        if max_tokens <= 0:
+            job.emit(DoneEvent("length", len(prompt), 0, 0, 0, _context(job, prompt, [])))
+            return
+        (uid,) = self._generator.insert(
+            [prompt],
+            max_tokens=[max_tokens],
+            samplers=[build_sampler(options)],
+            logits_processors=[build_logits_processors(options)],
+        )
+        self._active[uid] = Sequence(
+            job, prompt, started, self._tokenizer.detokenizer, StopMatcher(options.stop)
+        )
+
+    def step(self) -> None:
+        """One decode step for every running sequence (plus one prefill chunk)."""
+        self._drop_cancelled()
+        if not self._active:
+            return
+        try:
+            _, responses = self._generator.next()
+        except Exception as exc:  # e.g. out of memory: fail these requests, keep serving
+            log.exception("batch step failed")
+            self._fail_all(f"{type(exc).__name__}: {exc}")
+            return
+        for response in responses:
+            sequence = self._active.get(response.uid)
+            if sequence is not None:
+                self._advance(response.uid, sequence, response.token, response.finish_reason)
+
+    def _advance(self, uid: int, seq: Sequence, token: int, finish: str | None) -> None:
+        if not seq.first_token_at:
+            seq.first_token_at = time.perf_counter_ns()
+        if finish == "stop" and token in self._eos:
+            self._finish(uid, seq, "stop")  # the EOS token is not part of the answer
+            return
+        seq.generated.append(token)
+        seq.detokenizer.add_token(token)
+        text = seq.stops.feed(seq.detokenizer.last_segment)
+        seq.job.emit(TokenEvent(text=text, token=token))
+        if seq.stops.stopped:
+            if finish is None:
+                self._generator.remove([uid])
+            self._finish(uid, seq, "stop")
+        elif finish is not None:
+            self._finish(uid, seq, finish)
+
+    def _finish(self, uid: int, seq: Sequence, reason: str) -> None:
+        del self._active[uid]
+        seq.detokenizer.finalize()
+        tail = seq.stops.feed(seq.detokenizer.last_segment) + seq.stops.flush()
+        if tail:
+            seq.job.emit(TokenEvent(text=tail, token=-1))
+        finished = time.perf_counter_ns()
+        first = seq.first_token_at or finished
+        seq.job.emit(
+            DoneEvent(
+                done_reason=reason,
+                prompt_eval_count=len(seq.prompt),
+                prompt_eval_duration=first - seq.started,
+                eval_count=len(seq.generated),
+                eval_duration=finished - first,
+                context=_context(seq.job, seq.prompt, seq.generated),
+            )
+        )
+
+    def _drop_cancelled(self) -> None:
+        gone = [uid for uid, s in self._active.items() if s.job.cancelled.is_set()]
+        if not gone:
+            return
+        self._generator.remove(gone)
+        for uid in gone:
+            sequence = self._active.pop(uid)
+            # The client went away: stopped within one decode step.
+            log.info("request cancelled by the client after %d tokens", len(sequence.generated))
+
+    def _fail_all(self, message: str) -> None:
+        for sequence in self._active.values():
+            sequence.job.emit(ErrorEvent(message, 500))
+        self._active.clear()
+        self._generator.close()
+        self._generator = self._make()  # its state is unknown after a failed step
+
+
+def _context(job: Any, prompt: list[int], generated: list[int]) -> list[int] | None:
+    return [*prompt, *generated] if job.request.return_context else None

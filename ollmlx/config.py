@@ -108,6 +108,7 @@ class Settings:
     context_length: int = 4096
     origins: tuple[str, ...] = ()
     shutdown_grace: float = 10.0
+    prompt_cache_bytes: int = 1 << 30  # per worker; 0 turns prompt caching off
     worker_memory_limit: int = 0  # bytes one worker may use; 0: what the OS has free
     health_interval: float = 5.0  # seconds between health checks of loaded workers
     health_timeout: float = 10.0  # a worker silent this long is hung: killed and replaced
@@ -184,6 +185,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         context_length=_int(env, "OLLAMA_CONTEXT_LENGTH", 4096, minimum=1),
         origins=origins,
         shutdown_grace=_duration(env, "OLLMLX_SHUTDOWN_GRACE", 10.0),
+        prompt_cache_bytes=_size(env, "OLLMLX_PROMPT_CACHE", 1 << 30, total_memory),
         worker_memory_limit=_size(env, "OLLMLX_WORKER_MEMORY_LIMIT", 0, total_memory),
         health_interval=_duration(env, "OLLMLX_HEALTH_INTERVAL", 5.0),
         health_timeout=_duration(env, "OLLMLX_HEALTH_TIMEOUT", 10.0),

@@ -68,12 +68,14 @@ class WorkerProcess:
         load_timeout: float,
         debug: int = 0,
         memory_limit: int = 0,
+        prompt_cache_bytes: int = 0,
     ) -> None:
         self.spec = spec
         self._session = session
         self._load_timeout = load_timeout
         self._debug = debug
         self._memory_limit = memory_limit
+        self._prompt_cache_bytes = prompt_cache_bytes
         self._secret = secrets.token_urlsafe(32)
         self._proc: asyncio.subprocess.Process | None = None
         self._stderr_tail: deque[str] = deque(maxlen=20)
@@ -120,6 +122,7 @@ class WorkerProcess:
         args += ["--log-level", "DEBUG" if self._debug else "INFO"]
         if self._memory_limit:
             args += ["--memory-limit", str(self._memory_limit)]
+        args += ["--prompt-cache-bytes", str(self._prompt_cache_bytes)]
         # Own session: a terminal's Ctrl-C reaches the supervisor, which stops workers in
         # order. The stdin pipe tells the worker when the supervisor is gone.
         self._proc = await asyncio.create_subprocess_exec(

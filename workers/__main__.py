@@ -79,6 +79,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=0, help="0: pick a free port and report it")
     parser.add_argument("--log-level", default="INFO")
     parser.add_argument("--memory-limit", type=int, default=0, help="bytes; 0: no limit")
+    parser.add_argument("--prompt-cache-bytes", type=int, default=0, help="0: no prompt cache")
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(),
@@ -89,7 +90,7 @@ def main(argv: list[str] | None = None) -> None:
     if not secret:
         parser.error(f"{SECRET_ENV} must be set")
     _exit_when_orphaned(os.getppid())
-    engine = Engine(args.model_dir, args.adapter_dir, args.memory_limit)
+    engine = Engine(args.model_dir, args.adapter_dir, args.memory_limit, args.prompt_cache_bytes)
     asyncio.run(_serve(create_app(engine, secret), engine, args.port))
 
 

@@ -20,6 +20,8 @@ from .sampling import StopMatcher, build_logits_processors, build_sampler
 log = logging.getLogger("ollmlx.worker")
 
 PREFILL_STEP = 512  # prompt tokens per prefill chunk between two decode steps
+CACHE_KEY = "model"  # one model per worker: every cached prefix belongs to it
+MAX_CACHED_PREFIXES = 16
 
 
 @dataclass
@@ -29,13 +31,17 @@ class Sequence:
     started: int  # perf_counter_ns at admission
     detokenizer: Any
     stops: StopMatcher
+    reused: int = 0  # prompt tokens served from the prompt cache
     first_token_at: int = 0
     generated: list[int] = field(default_factory=list)
 
 
 class BatchRunner:
-    def __init__(self, model: Any, tokenizer: Any, max_batch: int = 32) -> None:
+    def __init__(
+        self, model: Any, tokenizer: Any, cache_bytes: int = 0, max_batch: int = 32
+    ) -> None:
         from mlx_lm.generate import BatchGenerator
+        from mlx_lm.models.cache import LRUPromptCache
 
         self._tokenizer = tokenizer
         self._eos = set(tokenizer.eos_token_ids)
@@ -48,6 +54,13 @@ class BatchRunner:
         )
         self._generator = self._make()
         self._active: dict[int, Sequence] = {}
+        # KV caches of finished requests, by token prefix: a chat's next turn only
+        # prefills what is new. Bounded in bytes, least recently used out first.
+        self._cache = (
+            LRUPromptCache(max_size=MAX_CACHED_PREFIXES, max_bytes=cache_bytes)
+            if cache_bytes > 0
+            else None
+        )
 
     @property
     def busy(self) -> bool:
@@ -59,14 +72,45 @@ class BatchRunner:
         if max_tokens <= 0:
             job.emit(DoneEvent("length", len(prompt), 0, 0, 0, _context(job, prompt, [])))
             return
+        cache, rest = self._cached_prefix(prompt)
+        reused = len(prompt) - len(rest)
         (uid,) = self._generator.insert(
-            [prompt],
+            [rest],
             max_tokens=[max_tokens],
+            caches=[cache],
+            all_tokens=[prompt[:reused]],
             samplers=[build_sampler(options)],
             logits_processors=[build_logits_processors(options)],
         )
+        if reused:
+            log.debug("prompt cache: reused %d of %d prompt tokens", reused, len(prompt))
         self._active[uid] = Sequence(
-            job, prompt, started, self._tokenizer.detokenizer, StopMatcher(options.stop)
+            job, prompt, started, self._tokenizer.detokenizer, StopMatcher(options.stop), reused
+        )
+
+    def _cached_prefix(self, prompt: list[int]) -> tuple[Any, list[int]]:
+        """The KV cache of the longest cached prefix of `prompt`, and what is left."""
+        if self._cache is None:
+            return None, prompt
+        from mlx_lm.models.cache import trim_prompt_cache
+
+        cache, rest = self._cache.fetch_nearest_cache(CACHE_KEY, prompt)
+        if cache is None:
+            return None, prompt
+        if not rest:  # an exact hit: recompute the last token to get its logits
+            trim_prompt_cache(cache, 1)
+            rest = prompt[-1:]
+        return cache, list(rest)
+
+    def _keep_cache(self, tokens: list[int] | None, cache: Any) -> None:
+        if self._cache is None or not tokens or cache is None:
+            return
+        self._cache.insert_cache(CACHE_KEY, list(tokens), cache)
+        log.debug(
+            "prompt cache: %d entries, %d bytes (limit %d)",
+            len(self._cache),
+            self._cache.nbytes,
+            self._cache.max_bytes,
         )
 
     def step(self) -> None:
@@ -82,8 +126,11 @@ class BatchRunner:
             return
         for response in responses:
             sequence = self._active.get(response.uid)
-            if sequence is not None:
-                self._advance(response.uid, sequence, response.token, response.finish_reason)
+            if sequence is None:
+                continue
+            self._advance(response.uid, sequence, response.token, response.finish_reason)
+            if response.finish_reason is not None:
+                self._keep_cache(response.all_tokens, response.prompt_cache)
 
     def _advance(self, uid: int, seq: Sequence, token: int, finish: str | None) -> None:
         if not seq.first_token_at:
@@ -97,7 +144,9 @@ class BatchRunner:
         seq.job.emit(TokenEvent(text=text, token=token))
         if seq.stops.stopped:
             if finish is None:
-                self._generator.remove([uid])
+                removed = self._generator.remove([uid], return_prompt_caches=True)
+                for cache, tokens in removed.values():
+                    self._keep_cache(tokens, cache)
             self._finish(uid, seq, "stop")
         elif finish is not None:
             self._finish(uid, seq, finish)
@@ -113,7 +162,7 @@ class BatchRunner:
         seq.job.emit(
             DoneEvent(
                 done_reason=reason,
-                prompt_eval_count=len(seq.prompt),
+                prompt_eval_count=len(seq.prompt) - seq.reused,  # as Ollama: evaluated only
                 prompt_eval_duration=first - seq.started,
                 eval_count=len(seq.generated),
                 eval_duration=finished - first,

@@ -31,12 +31,17 @@ class Job:
 
 class Engine:
     def __init__(
-        self, model_dir: Path, adapter_dir: Path | None = None, memory_limit: int = 0
+        self,
+        model_dir: Path,
+        adapter_dir: Path | None = None,
+        memory_limit: int = 0,
+        prompt_cache_bytes: int = 0,
     ) -> None:
         self.model_dir = model_dir
         self.adapter_dir = adapter_dir
         self.memory_limit = memory_limit  # bytes this worker may use; 0: what the OS has free
         self._kv_bytes_per_token = 0
+        self.prompt_cache_bytes = prompt_cache_bytes
         self.status = "loading"
         self.error: str | None = None
         self.memory_bytes = 0
@@ -66,7 +71,7 @@ class Engine:
             return
         from .batching import BatchRunner
 
-        self._batch = BatchRunner(self.model, self.tokenizer)
+        self._batch = BatchRunner(self.model, self.tokenizer, self.prompt_cache_bytes)
         while True:
             # Idle: wait for work. Busy: take what has arrived and keep decoding.
             for job in self._take_jobs(block=not self._batch.busy):

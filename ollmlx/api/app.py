@@ -109,7 +109,12 @@ def create_app(settings: Settings) -> web.Application:
 
         def spawn(spec: WorkerSpec) -> WorkerProcess:
             return WorkerProcess(
-                spec, session, settings.load_timeout, settings.debug, settings.worker_memory_limit
+                spec,
+                session,
+                settings.load_timeout,
+                settings.debug,
+                settings.worker_memory_limit,
+                settings.prompt_cache_bytes,
             )
 
         scheduler = Scheduler(settings, spawn)

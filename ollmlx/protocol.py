@@ -56,6 +56,19 @@ class CompletionRequest(msgspec.Struct, omit_defaults=True):
     # True: drop the oldest tokens to fit num_ctx; False: fail when the prompt is too long.
     truncate: bool = True
     return_context: bool = False
+    # None, "json" or a JSON Schema: decoding is constrained to it.
+    format: Any = None
+    logprobs: bool = False
+    top_logprobs: int = 0
+
+
+class TokenLogprob(msgspec.Struct, omit_defaults=True):
+    """Ollama's per-token logprob: the token, its log probability, its UTF-8 bytes."""
+
+    token: str
+    logprob: float
+    bytes: list[int] | None = None
+    top_logprobs: list[TokenLogprob] | None = None
 
 
 class TokenEvent(msgspec.Struct, omit_defaults=True, tag="token"):
@@ -63,6 +76,7 @@ class TokenEvent(msgspec.Struct, omit_defaults=True, tag="token"):
 
     text: str
     token: int
+    logprobs: list[TokenLogprob] | None = None
 
 
 class DoneEvent(msgspec.Struct, omit_defaults=True, tag="done"):

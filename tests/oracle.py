@@ -50,3 +50,27 @@ class Oracle:
             tokens.append(response.token)
             text += response.text
         return Generation(prompt, tokens, text)
+
+    def greedy_logprobs(
+        self, prompt: list[int], max_tokens: int
+    ) -> list[tuple[int, float, list[int]]]:
+        """(token, its logprob, the 3 most likely tokens) for each greedy step."""
+        import mlx.core as mx
+        from mlx_lm import stream_generate
+        from mlx_lm.sample_utils import make_logits_processors, make_sampler
+
+        steps = []
+        for response in stream_generate(
+            self.model,
+            self.tokenizer,
+            prompt,
+            max_tokens=max_tokens,
+            sampler=make_sampler(temp=0.0),
+            logits_processors=make_logits_processors(
+                repetition_penalty=1.1, repetition_context_size=64
+            ),
+        ):
+            logprobs = response.logprobs
+            top = mx.argsort(-logprobs)[:3].tolist()
+            steps.append((response.token, logprobs[response.token].item(), top))
+        return steps

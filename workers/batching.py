@@ -13,8 +13,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from ollmlx.protocol import DoneEvent, ErrorEvent, TokenEvent
+from ollmlx.protocol import DoneEvent, ErrorEvent, TokenEvent, TokenLogprob
 
+from .constrain import GrammarProcessor, make_llg_tokenizer
 from .sampling import StopMatcher, build_logits_processors, build_sampler
 
 log = logging.getLogger("ollmlx.worker")
@@ -54,6 +55,8 @@ class BatchRunner:
         )
         self._generator = self._make()
         self._active: dict[int, Sequence] = {}
+        self._vocab = int(model.args.vocab_size) if hasattr(model, "args") else 0
+        self._llg_tokenizer: Any = None  # built on the first constrained request
         # KV caches of finished requests, by token prefix: a chat's next turn only
         # prefills what is new. Bounded in bytes, least recently used out first.
         self._cache = (
@@ -72,6 +75,14 @@ class BatchRunner:
         if max_tokens <= 0:
             job.emit(DoneEvent("length", len(prompt), 0, 0, 0, _context(job, prompt, [])))
             return
+        processors = build_logits_processors(options)
+        if job.request.format:
+            if self._llg_tokenizer is None:
+                self._llg_tokenizer = make_llg_tokenizer(self._tokenizer)
+            # Last: the mask applies to the logits the sampler really sees.
+            processors.append(
+                GrammarProcessor(self._llg_tokenizer, job.request.format, self._vocab)
+            )
         cache, rest = self._cached_prefix(prompt)
         reused = len(prompt) - len(rest)
         (uid,) = self._generator.insert(
@@ -80,7 +91,7 @@ class BatchRunner:
             caches=[cache],
             all_tokens=[prompt[:reused]],
             samplers=[build_sampler(options)],
-            logits_processors=[build_logits_processors(options)],
+            logits_processors=[processors],
         )
         if reused:
             log.debug("prompt cache: reused %d of %d prompt tokens", reused, len(prompt))
@@ -128,11 +139,12 @@ class BatchRunner:
             sequence = self._active.get(response.uid)
             if sequence is None:
                 continue
-            self._advance(response.uid, sequence, response.token, response.finish_reason)
+            self._advance(response.uid, sequence, response)
             if response.finish_reason is not None:
                 self._keep_cache(response.all_tokens, response.prompt_cache)
 
-    def _advance(self, uid: int, seq: Sequence, token: int, finish: str | None) -> None:
+    def _advance(self, uid: int, seq: Sequence, response: Any) -> None:
+        token, finish = response.token, response.finish_reason
         if not seq.first_token_at:
             seq.first_token_at = time.perf_counter_ns()
         if finish == "stop" and token in self._eos:
@@ -141,7 +153,8 @@ class BatchRunner:
         seq.generated.append(token)
         seq.detokenizer.add_token(token)
         text = seq.stops.feed(seq.detokenizer.last_segment)
-        seq.job.emit(TokenEvent(text=text, token=token))
+        logprobs = self._logprobs(seq, token, response.logprobs)
+        seq.job.emit(TokenEvent(text=text, token=token, logprobs=logprobs))
         if seq.stops.stopped:
             if finish is None:
                 removed = self._generator.remove([uid], return_prompt_caches=True)
@@ -150,6 +163,29 @@ class BatchRunner:
             self._finish(uid, seq, "stop")
         elif finish is not None:
             self._finish(uid, seq, finish)
+
+    def _logprobs(self, seq: Sequence, token: int, logprobs: Any) -> list[TokenLogprob] | None:
+        """The sampled token's log probability and the most likely alternatives."""
+        request = seq.job.request
+        if not request.logprobs and not request.top_logprobs:
+            return None
+        import mlx.core as mx
+
+        top = None
+        if request.top_logprobs:
+            k = min(request.top_logprobs, logprobs.shape[-1])
+            best = mx.argpartition(-logprobs, k - 1)[:k]
+            ranked = sorted(
+                zip(best.tolist(), logprobs[best].tolist(), strict=True), key=lambda pair: -pair[1]
+            )
+            top = [self._token_logprob(t, v) for t, v in ranked]
+        entry = self._token_logprob(token, logprobs[token].item())
+        entry.top_logprobs = top
+        return [entry]
+
+    def _token_logprob(self, token: int, value: float) -> TokenLogprob:
+        text = self._tokenizer.decode([token])
+        return TokenLogprob(token=text, logprob=float(value), bytes=list(text.encode()))
 
     def _finish(self, uid: int, seq: Sequence, reason: str) -> None:
         del self._active[uid]

@@ -12,9 +12,17 @@ from aiohttp import web
 
 from .. import __version__
 from ..config import parse_duration
+from ..formats import check_format
 from ..modelinfo import capabilities, estimate_memory
 from ..options import resolve_sampling
-from ..protocol import CompletionRequest, DoneEvent, ErrorEvent, Message, TokenEvent
+from ..protocol import (
+    CompletionRequest,
+    DoneEvent,
+    ErrorEvent,
+    Message,
+    TokenEvent,
+    TokenLogprob,
+)
 from ..runner import WorkerError
 from ..store import StoredModel
 from .app import CONTEXT, ApiError, Context
@@ -32,8 +40,8 @@ from .schemas import (
 
 log = logging.getLogger("ollmlx.api")
 
-# Builds one response chunk from (text, final event or None, durations).
-ChunkMaker = Callable[[str, DoneEvent | None, int, int], msgspec.Struct]
+# Builds one response chunk from (text, logprobs, final event or None, durations).
+ChunkMaker = Callable[[str, list[TokenLogprob] | None, DoneEvent | None, int, int], msgspec.Struct]
 
 
 async def root(request: web.Request) -> web.Response:
@@ -70,6 +78,14 @@ def parse_keep_alive(value: float | str | None) -> float | None:
     return -1.0 if seconds < 0 else seconds
 
 
+def check_request_format(fmt: Any) -> Any:
+    """None, "json" or a schema that compiles to a grammar; else a 400 like Ollama's."""
+    problem = check_format(fmt)
+    if problem:
+        raise ApiError(400, problem)
+    return fmt or None
+
+
 def check_think(name: str, stored: StoredModel, think: bool | str | None) -> None:
     if think in (None, False):
         return
@@ -94,10 +110,19 @@ async def generate(request: web.Request) -> web.StreamResponse:
     if req.suffix:
         raise ApiError(400, f"{stored.name.display} does not support insert")
     check_think(req.model, stored, req.think)
+    fmt = check_request_format(req.format)
     sampling = resolve_sampling(ctx.settings, stored.manifest.parameters, req.options)
 
-    def make(text: str, done: DoneEvent | None, total: int, load: int) -> GenerateChunk:
-        chunk = GenerateChunk(model=req.model, created_at=now_rfc3339(), response=text, done=False)
+    def make(
+        text: str,
+        logprobs: list[TokenLogprob] | None,
+        done: DoneEvent | None,
+        total: int,
+        load: int,
+    ) -> GenerateChunk:
+        chunk = GenerateChunk(
+            model=req.model, created_at=now_rfc3339(), response=text, done=False, logprobs=logprobs
+        )
         return _finish(chunk, done, total, load) if done else chunk
 
     if not req.prompt and not req.images:
@@ -115,6 +140,9 @@ async def generate(request: web.Request) -> web.StreamResponse:
         context=req.context,
         truncate=req.truncate is not False,
         return_context=not req.raw,
+        format=fmt,
+        logprobs=req.logprobs,
+        top_logprobs=req.top_logprobs,
     )
     return await run_completion(
         request, ctx, stored, completion, keep_alive, req.stream is not False, make, started
@@ -132,11 +160,24 @@ async def chat(request: web.Request) -> web.StreamResponse:
     check_think(req.model, stored, req.think)
     if req.tools and "tools" not in capabilities(stored.model_dir, stored.manifest.template):
         raise ApiError(400, f'"{req.model}" does not support tools')
+    fmt = check_request_format(req.format)
     sampling = resolve_sampling(ctx.settings, stored.manifest.parameters, req.options)
 
-    def make(text: str, done: DoneEvent | None, total: int, load: int) -> ChatChunk:
+    def make(
+        text: str,
+        logprobs: list[TokenLogprob] | None,
+        done: DoneEvent | None,
+        total: int,
+        load: int,
+    ) -> ChatChunk:
         message = OutMessage(role="assistant", content=text)
-        chunk = ChatChunk(model=req.model, created_at=now_rfc3339(), message=message, done=False)
+        chunk = ChatChunk(
+            model=req.model,
+            created_at=now_rfc3339(),
+            message=message,
+            done=False,
+            logprobs=logprobs,
+        )
         return _finish(chunk, done, total, load) if done else chunk
 
     if not req.messages:
@@ -150,6 +191,9 @@ async def chat(request: web.Request) -> web.StreamResponse:
         messages=model_messages(stored, req.messages),
         template=stored.manifest.template,
         truncate=req.truncate is not False,
+        format=fmt,
+        logprobs=req.logprobs,
+        top_logprobs=req.top_logprobs,
     )
     return await run_completion(
         request, ctx, stored, completion, keep_alive, req.stream is not False, make, started
@@ -231,10 +275,10 @@ async def run_completion(
                     await _write_error(response, event.error)
                     break
                 if isinstance(event, TokenEvent):
-                    chunk = make(event.text, None, 0, 0)
+                    chunk = make(event.text, event.logprobs, None, 0, 0)
                 else:
                     total = time.perf_counter_ns() - started
-                    chunk = make("", event, total, lease.load_duration)
+                    chunk = make("", None, event, total, lease.load_duration)
                 encoder.encode_into(chunk, buffer)
                 buffer.extend(b"\n")
                 await response.write(bytes(buffer))
@@ -252,12 +296,15 @@ async def _collect(
 ) -> web.Response:
     """`"stream": false`: one JSON body with the whole text."""
     parts: list[str] = []
+    logprobs: list[TokenLogprob] = []
     while isinstance(event, TokenEvent):
         parts.append(event.text)
+        logprobs.extend(event.logprobs or ())
         event = await anext(events)
     if isinstance(event, ErrorEvent):
         raise ApiError(event.status, event.error)
-    chunk = make("".join(parts), event, time.perf_counter_ns() - started, load)
+    total = time.perf_counter_ns() - started
+    chunk = make("".join(parts), logprobs or None, event, total, load)
     return web.Response(body=encoder.encode(chunk), content_type="application/json")
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import msgspec
 
 from ..modelinfo import Details
-from ..protocol import Message
+from ..protocol import Message, TokenLogprob
 
 
 class GenerateRequest(msgspec.Struct):
@@ -86,6 +86,7 @@ class GenerateChunk(msgspec.Struct, omit_defaults=True):
     thinking: str | None = None
     done_reason: str | None = None
     context: list[int] | None = None
+    logprobs: list[TokenLogprob] | None = None
     total_duration: int = 0
     load_duration: int = 0
     prompt_eval_count: int = 0
@@ -109,6 +110,7 @@ class ChatChunk(msgspec.Struct, omit_defaults=True):
     message: OutMessage
     done: bool
     done_reason: str | None = None
+    logprobs: list[TokenLogprob] | None = None
     total_duration: int = 0
     load_duration: int = 0
     prompt_eval_count: int = 0

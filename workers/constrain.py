@@ -1,0 +1,63 @@
+"""Grammar-constrained decoding with llguidance: `format: "json"` and JSON Schemas.
+
+The constraint is a logits processor: before each sampling step it masks every token
+the grammar does not allow, so every response parses (and validates) by construction.
+When the JSON is complete the grammar allows only EOS, so generation stops there.
+"""
+
+from __future__ import annotations
+
+from copy import copy
+from typing import Any
+
+import llguidance
+import mlx.core as mx
+import numpy as np
+
+from ollmlx.formats import grammar_for
+
+
+def make_llg_tokenizer(tokenizer: Any) -> llguidance.LLTokenizer:
+    """llguidance's view of the model's tokenizer (built once per worker)."""
+    hf = getattr(tokenizer, "_tokenizer", tokenizer)
+    backend = copy(hf.backend_tokenizer)
+    backend.no_padding()
+    backend.no_truncation()
+    return llguidance.LLTokenizer(backend.to_str(), eos_token=sorted(tokenizer.eos_token_ids))
+
+
+class GrammarProcessor:
+    """A per-request logits processor that follows the tokens of its own sequence.
+
+    It is called with the sequence's token context (prompt, then each sampled token fed
+    back) and the logits for the next token. Tokens past the prompt are consumed by the
+    matcher, then the logits of disallowed tokens become -inf.
+    """
+
+    def __init__(self, llg_tokenizer: llguidance.LLTokenizer, fmt: Any, vocab: int) -> None:
+        self._matcher = llguidance.LLMatcher(llg_tokenizer, grammar_for(fmt))
+        if self._matcher.is_error():
+            raise ValueError(self._matcher.get_error())
+        self._vocab = vocab
+        self._prompt_length: int | None = None
+        self._consumed = 0
+        self._bits = mx.arange(32, dtype=mx.uint32)
+
+    def __call__(self, tokens: mx.array, logits: mx.array) -> mx.array:
+        if self._prompt_length is None:
+            self._prompt_length = len(tokens)  # the first call sees the prompt only
+        # Reading the new tokens waits for them: constrained steps cannot run ahead.
+        tail = tokens[self._prompt_length + self._consumed :]
+        new = tail.tolist() if isinstance(tail, mx.array) else list(tail)
+        for token in new:
+            self._matcher.consume_token(int(token))
+        self._consumed += len(new)
+        if self._matcher.is_error():
+            raise RuntimeError(f"constrained decoding failed: {self._matcher.get_error()}")
+        words = np.frombuffer(self._matcher.compute_bitmask(), dtype=np.uint32)
+        allowed = (mx.array(words)[:, None] >> self._bits) & 1
+        allowed = allowed.reshape(-1)[: logits.shape[-1]]
+        if allowed.shape[0] < logits.shape[-1]:  # model vocab padded past the tokenizer's
+            pad = mx.zeros(logits.shape[-1] - allowed.shape[0], dtype=allowed.dtype)
+            allowed = mx.concatenate([allowed, pad])
+        return mx.where(allowed.astype(mx.bool_), logits, -mx.inf)

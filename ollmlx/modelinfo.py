@@ -119,6 +119,18 @@ def _tokenizer_text(model_dir: Path) -> str:
     return "\n".join(parts)
 
 
+def chat_template(model_dir: Path) -> str:
+    """The model's own Jinja chat template, or "" when it has none."""
+    try:
+        config = json.loads((model_dir / "tokenizer_config.json").read_text())
+    except (OSError, ValueError):
+        config = {}
+    template = config.get("chat_template") if isinstance(config, dict) else None
+    if not template and (model_dir / "chat_template.jinja").is_file():
+        template = (model_dir / "chat_template.jinja").read_text()
+    return template if isinstance(template, str) else ""
+
+
 def capabilities(model_dir: Path, template: str | None = None) -> list[str]:
     """Ollama's capability names, read from config and tokenizer files."""
     config = read_config(model_dir)

@@ -60,6 +60,10 @@ class CompletionRequest(msgspec.Struct, omit_defaults=True):
     format: Any = None
     logprobs: bool = False
     top_logprobs: int = 0
+    # Tools in the chat template's format ({"type": "function", "function": {...}}).
+    tools: list[dict[str, Any]] | None = None
+    # None: the template's default; False: thinking off; True or "low"/"medium"/"high".
+    think: bool | str | None = None
 
 
 class TokenLogprob(msgspec.Struct, omit_defaults=True):
@@ -77,6 +81,8 @@ class TokenEvent(msgspec.Struct, omit_defaults=True, tag="token"):
     text: str
     token: int
     logprobs: list[TokenLogprob] | None = None
+    thinking: str = ""
+    tool_calls: list[dict[str, Any]] | None = None
 
 
 class DoneEvent(msgspec.Struct, omit_defaults=True, tag="done"):

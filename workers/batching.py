@@ -16,6 +16,8 @@ from typing import Any
 from ollmlx.protocol import DoneEvent, ErrorEvent, TokenEvent, TokenLogprob
 
 from .constrain import GrammarProcessor, make_llg_tokenizer
+from .parsing import Parsed, ResponseParser
+from .prompts import starts_in_thinking
 from .sampling import StopMatcher, build_logits_processors, build_sampler
 
 log = logging.getLogger("ollmlx.worker")
@@ -32,6 +34,7 @@ class Sequence:
     started: int  # perf_counter_ns at admission
     detokenizer: Any
     stops: StopMatcher
+    parser: ResponseParser
     reused: int = 0  # prompt tokens served from the prompt cache
     first_token_at: int = 0
     generated: list[int] = field(default_factory=list)
@@ -96,7 +99,26 @@ class BatchRunner:
         if reused:
             log.debug("prompt cache: reused %d of %d prompt tokens", reused, len(prompt))
         self._active[uid] = Sequence(
-            job, prompt, started, self._tokenizer.detokenizer, StopMatcher(options.stop), reused
+            job,
+            prompt,
+            started,
+            self._tokenizer.detokenizer,
+            StopMatcher(options.stop),
+            self._parser(job.request, prompt),
+            reused,
+        )
+
+    def _parser(self, request: Any, prompt: list[int]) -> ResponseParser:
+        tok = self._tokenizer
+        think = (tok.think_start, tok.think_end) if tok.has_thinking else None
+        tool = (tok.tool_call_start, tok.tool_call_end) if tok.has_tool_calling else None
+        return ResponseParser(
+            think=think,
+            tool=tool,
+            tool_parser=tok.tool_parser,
+            tools=request.tools,
+            start_thinking=starts_in_thinking(tok, prompt),
+            keep_thinking=request.think is not False,
         )
 
     def _cached_prefix(self, prompt: list[int]) -> tuple[Any, list[int]]:
@@ -154,7 +176,7 @@ class BatchRunner:
         seq.detokenizer.add_token(token)
         text = seq.stops.feed(seq.detokenizer.last_segment)
         logprobs = self._logprobs(seq, token, response.logprobs)
-        seq.job.emit(TokenEvent(text=text, token=token, logprobs=logprobs))
+        seq.job.emit(_token_event(seq.parser.feed(text), token, logprobs))
         if seq.stops.stopped:
             if finish is None:
                 removed = self._generator.remove([uid], return_prompt_caches=True)
@@ -190,9 +212,13 @@ class BatchRunner:
     def _finish(self, uid: int, seq: Sequence, reason: str) -> None:
         del self._active[uid]
         seq.detokenizer.finalize()
-        tail = seq.stops.feed(seq.detokenizer.last_segment) + seq.stops.flush()
+        tail = seq.parser.feed(seq.stops.feed(seq.detokenizer.last_segment) + seq.stops.flush())
+        rest = seq.parser.flush()
+        tail.content += rest.content
+        tail.thinking += rest.thinking
+        tail.tool_calls += rest.tool_calls
         if tail:
-            seq.job.emit(TokenEvent(text=tail, token=-1))
+            seq.job.emit(_token_event(tail, -1, None))
         finished = time.perf_counter_ns()
         first = seq.first_token_at or finished
         seq.job.emit(
@@ -222,6 +248,16 @@ class BatchRunner:
         self._active.clear()
         self._generator.close()
         self._generator = self._make()  # its state is unknown after a failed step
+
+
+def _token_event(parsed: Parsed, token: int, logprobs: list[TokenLogprob] | None) -> TokenEvent:
+    return TokenEvent(
+        text=parsed.content,
+        token=token,
+        logprobs=logprobs,
+        thinking=parsed.thinking,
+        tool_calls=parsed.tool_calls or None,
+    )
 
 
 def _context(job: Any, prompt: list[int], generated: list[int]) -> list[int] | None:

@@ -31,7 +31,24 @@ def has_chat_template(tokenizer: Any, override: str | None = None) -> bool:
     return bool(override or builtin or getattr(tokenizer, "chat_template", None))
 
 
-def render_chat(tokenizer: Any, messages: list[Message], template: str | None) -> str:
+def template_options(request: CompletionRequest) -> dict[str, Any]:
+    """Keyword arguments for the chat template: tools and the thinking switch."""
+    options: dict[str, Any] = {}
+    if request.tools:
+        options["tools"] = request.tools
+    if isinstance(request.think, bool):
+        options["enable_thinking"] = request.think
+    elif isinstance(request.think, str):
+        options["reasoning_effort"] = request.think
+    return options
+
+
+def render_chat(
+    tokenizer: Any,
+    messages: list[Message],
+    template: str | None,
+    options: dict[str, Any] | None = None,
+) -> str:
     if not has_chat_template(tokenizer, template):
         # No template at all: a plain transcript is better than refusing to answer.
         lines = [f"{m.role}: {m.content}" for m in messages]
@@ -41,11 +58,15 @@ def render_chat(tokenizer: Any, messages: list[Message], template: str | None) -
         # An override goes straight to the Hugging Face tokenizer's Jinja renderer.
         hf_tokenizer = getattr(tokenizer, "_tokenizer", tokenizer)
         rendered = hf_tokenizer.apply_chat_template(
-            conversation, chat_template=template, tokenize=False, add_generation_prompt=True
+            conversation,
+            chat_template=template,
+            tokenize=False,
+            add_generation_prompt=True,
+            **(options or {}),
         )
     else:
         rendered = tokenizer.apply_chat_template(
-            conversation, tokenize=False, add_generation_prompt=True
+            conversation, tokenize=False, add_generation_prompt=True, **(options or {})
         )
     return str(rendered)
 
@@ -85,8 +106,11 @@ def build_prompt(tokenizer: Any, request: CompletionRequest) -> list[int]:
     limit = max(num_ctx - max(reserve, 1), 1)
     templated = has_chat_template(tokenizer, request.template)
 
+    options = template_options(request)
+
     def render(messages: list[Message]) -> list[int]:
-        return encode_text(tokenizer, render_chat(tokenizer, messages, request.template), templated)
+        text = render_chat(tokenizer, messages, request.template, options)
+        return encode_text(tokenizer, text, templated)
 
     messages = chat_messages(request)
     if request.raw:
@@ -109,3 +133,12 @@ def build_prompt(tokenizer: Any, request: CompletionRequest) -> list[int]:
     if not tokens:
         raise PromptError("the prompt is empty after tokenization")
     return tokens
+
+
+def starts_in_thinking(tokenizer: Any, prompt: list[int]) -> bool:
+    """Does the rendered prompt open a thinking block (e.g. DeepSeek-R1's `<think>\n`)?"""
+    start = getattr(tokenizer, "think_start", None)
+    if not start:
+        return False
+    tail = tokenizer.decode(prompt[-8:])
+    return tail.rstrip().endswith(start)

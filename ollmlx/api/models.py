@@ -12,7 +12,14 @@ from typing import Any
 from aiohttp import web
 
 from ..modelfile import ModelfileError, format_parameters, parse_modelfile, render_modelfile
-from ..modelinfo import capabilities, check_model_dir, count_parameters, describe, read_config
+from ..modelinfo import (
+    capabilities,
+    chat_template,
+    check_model_dir,
+    count_parameters,
+    describe,
+    read_config,
+)
 from ..names import InvalidName, parse_name
 from ..options import OptionError, check_option
 from ..store import Manifest, StoredModel
@@ -106,16 +113,6 @@ def model_info(model_dir: Path) -> dict[str, Any]:
     return info
 
 
-def _chat_template(model_dir: Path) -> str:
-    from json import loads
-
-    path = model_dir / "tokenizer_config.json"
-    try:
-        return str(loads(path.read_text()).get("chat_template") or "")
-    except (OSError, ValueError):
-        return ""
-
-
 async def show(request: web.Request) -> web.Response:
     ctx = request.app[CONTEXT]
     req = await read_body(request, model_decoder)
@@ -142,7 +139,7 @@ async def show(request: web.Request) -> web.Response:
             modified_at=stored.modified_at.astimezone(),
             capabilities=capabilities(stored.model_dir, manifest.template),
             parameters=format_parameters(manifest.parameters),
-            template=manifest.template or _chat_template(stored.model_dir),
+            template=manifest.template or chat_template(stored.model_dir),
             system=manifest.system or "",
             license="\n".join(manifest.license),
             messages=manifest.messages or None,

@@ -95,6 +95,14 @@ def check_think(name: str, stored: StoredModel, think: bool | str | None) -> Non
         )
     if "thinking" not in capabilities(stored.model_dir, stored.manifest.template):
         raise ApiError(400, f'"{name}" does not support thinking')
+    if isinstance(think, str) and "reasoning_effort" not in _template_text(stored):
+        raise ApiError(400, f'think value "{think}" is not supported for this model')
+
+
+def _template_text(stored: StoredModel) -> str:
+    from ..modelinfo import chat_template
+
+    return stored.manifest.template or chat_template(stored.model_dir)
 
 
 async def generate(request: web.Request) -> web.StreamResponse:
@@ -113,15 +121,14 @@ async def generate(request: web.Request) -> web.StreamResponse:
     fmt = check_request_format(req.format)
     sampling = resolve_sampling(ctx.settings, stored.manifest.parameters, req.options)
 
-    def make(
-        text: str,
-        logprobs: list[TokenLogprob] | None,
-        done: DoneEvent | None,
-        total: int,
-        load: int,
-    ) -> GenerateChunk:
+    def make(event: TokenEvent | None, done: DoneEvent | None, total: int, load: int) -> Any:
         chunk = GenerateChunk(
-            model=req.model, created_at=now_rfc3339(), response=text, done=False, logprobs=logprobs
+            model=req.model,
+            created_at=now_rfc3339(),
+            response=event.text if event else "",
+            done=False,
+            thinking=(event.thinking or None) if event else None,
+            logprobs=event.logprobs if event else None,
         )
         return _finish(chunk, done, total, load) if done else chunk
 
@@ -143,6 +150,7 @@ async def generate(request: web.Request) -> web.StreamResponse:
         format=fmt,
         logprobs=req.logprobs,
         top_logprobs=req.top_logprobs,
+        think=req.think,
     )
     return await run_completion(
         request, ctx, stored, completion, keep_alive, req.stream is not False, make, started
@@ -163,20 +171,19 @@ async def chat(request: web.Request) -> web.StreamResponse:
     fmt = check_request_format(req.format)
     sampling = resolve_sampling(ctx.settings, stored.manifest.parameters, req.options)
 
-    def make(
-        text: str,
-        logprobs: list[TokenLogprob] | None,
-        done: DoneEvent | None,
-        total: int,
-        load: int,
-    ) -> ChatChunk:
-        message = OutMessage(role="assistant", content=text)
+    def make(event: TokenEvent | None, done: DoneEvent | None, total: int, load: int) -> Any:
+        message = OutMessage(
+            role="assistant",
+            content=event.text if event else "",
+            thinking=(event.thinking or None) if event else None,
+            tool_calls=event.tool_calls if event else None,
+        )
         chunk = ChatChunk(
             model=req.model,
             created_at=now_rfc3339(),
             message=message,
             done=False,
-            logprobs=logprobs,
+            logprobs=event.logprobs if event else None,
         )
         return _finish(chunk, done, total, load) if done else chunk
 
@@ -194,6 +201,8 @@ async def chat(request: web.Request) -> web.StreamResponse:
         format=fmt,
         logprobs=req.logprobs,
         top_logprobs=req.top_logprobs,
+        tools=req.tools,
+        think=req.think,
     )
     return await run_completion(
         request, ctx, stored, completion, keep_alive, req.stream is not False, make, started
@@ -275,10 +284,10 @@ async def run_completion(
                     await _write_error(response, event.error)
                     break
                 if isinstance(event, TokenEvent):
-                    chunk = make(event.text, event.logprobs, None, 0, 0)
+                    chunk = make(event, None, 0, 0)
                 else:
                     total = time.perf_counter_ns() - started
-                    chunk = make("", None, event, total, lease.load_duration)
+                    chunk = make(None, event, total, lease.load_duration)
                 encoder.encode_into(chunk, buffer)
                 buffer.extend(b"\n")
                 await response.write(bytes(buffer))
@@ -295,16 +304,18 @@ async def _collect(
     event: Any, events: Any, make: ChunkMaker, started: int, load: int
 ) -> web.Response:
     """`"stream": false`: one JSON body with the whole text."""
-    parts: list[str] = []
-    logprobs: list[TokenLogprob] = []
+    whole = TokenEvent(text="", token=-1, logprobs=[], tool_calls=[])
     while isinstance(event, TokenEvent):
-        parts.append(event.text)
-        logprobs.extend(event.logprobs or ())
+        whole.text += event.text
+        whole.thinking += event.thinking
+        whole.logprobs.extend(event.logprobs or ())  # type: ignore[union-attr]
+        whole.tool_calls.extend(event.tool_calls or ())  # type: ignore[union-attr]
         event = await anext(events)
     if isinstance(event, ErrorEvent):
         raise ApiError(event.status, event.error)
-    total = time.perf_counter_ns() - started
-    chunk = make("".join(parts), logprobs or None, event, total, load)
+    whole.logprobs = whole.logprobs or None
+    whole.tool_calls = whole.tool_calls or None
+    chunk = make(whole, event, time.perf_counter_ns() - started, load)
     return web.Response(body=encoder.encode(chunk), content_type="application/json")
 
 

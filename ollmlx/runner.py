@@ -79,6 +79,9 @@ class WorkerProcess:
         self._secret = secrets.token_urlsafe(32)
         self._proc: asyncio.subprocess.Process | None = None
         self._stderr_tail: deque[str] = deque(maxlen=20)
+        # Set when the worker announces on stdout that loading ended (ok or error): the
+        # health poll then runs at once instead of at its next backoff step.
+        self._announced = asyncio.Event()
         self._readers: list[asyncio.Task[None]] = []
         self.port = 0
         self.memory_bytes = 0
@@ -278,11 +281,23 @@ class WorkerProcess:
 
     async def _drain_stdout(self) -> None:
         assert self._proc is not None and self._proc.stdout is not None
-        while await self._proc.stdout.read(4096):
-            pass
+        while await self._proc.stdout.readline():
+            self._announced.set()
 
     async def _sleep_unless_exited(self, seconds: float) -> None:
-        if await self._wait_exit(seconds):
+        """Wait `seconds`, less if the worker announces the end of loading or exits."""
+        assert self._proc is not None
+        waiters = {
+            asyncio.ensure_future(self._announced.wait()),
+            asyncio.ensure_future(self._proc.wait()),
+        }
+        _, pending = await asyncio.wait(
+            waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED
+        )
+        for waiter in pending:
+            waiter.cancel()
+        if self._proc.returncode is not None:
+            await self._wait_exit(1.0)  # collects the last stderr lines
             raise WorkerError(self._exit_message())
 
     async def _wait_exit(self, seconds: float) -> bool:

@@ -6,6 +6,7 @@ here. The HTTP side only queues jobs and receives events through each job's `emi
 
 from __future__ import annotations
 
+import json
 import logging
 import queue
 import threading
@@ -68,7 +69,9 @@ class Engine:
             log.exception("loading %s failed", self.model_dir)
             self.error = f"{type(exc).__name__}: {exc}"
             self.status = "error"
+            _announce("error")
             return
+        _announce("ok")
         from .batching import BatchRunner
 
         self._batch = BatchRunner(self.model, self.tokenizer, self.prompt_cache_bytes)
@@ -142,6 +145,11 @@ class Engine:
                 "lower num_ctx or num_predict",
                 status=500,
             )
+
+
+def _announce(status: str) -> None:
+    """One stdout line when loading ends: the supervisor polls /health at once."""
+    print(json.dumps({"status": status}), flush=True)
 
 
 def _kv_bytes_per_token(model: Any) -> int:

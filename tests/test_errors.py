@@ -118,3 +118,17 @@ def test_path_traversal_in_model_name_is_400(server: Server) -> None:
         response = httpx.post(server.url + "/api/show", json={"model": name})
         assert response.status_code == 400, name
         assert "invalid model name" in response.json()["error"]
+
+
+def test_images_on_a_text_model_are_400(client: ollama.Client) -> None:
+    pixel = (  # a 1x1 PNG
+        "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9a"
+        "wAAAABJRU5ErkJggg=="
+    )
+    with pytest.raises(ollama.ResponseError) as err:
+        client.generate(model="tiny", prompt="what is this?", images=[pixel])
+    assert err.value.status_code == 400
+    assert err.value.error == '"tiny" does not support images'
+    with pytest.raises(ollama.ResponseError) as err:
+        client.chat(model="tiny", messages=[{"role": "user", "content": "?", "images": [pixel]}])
+    assert err.value.status_code == 400

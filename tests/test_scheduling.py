@@ -143,3 +143,37 @@ def test_full_queue_answers_503(tmp_path: Path, tiny_model_dir: Path) -> None:
         waiting.join(120)
     finally:
         server.stop()
+
+
+def test_load_waits_for_a_busy_model_to_finish(make_server) -> None:
+    server = make_server(OLLAMA_MAX_LOADED_MODELS="1")
+    with server.client() as client:
+        client.generate(model="a", prompt="")
+    body = {"model": "a", "prompt": "long", "options": {"num_predict": 400}}
+    with httpx.stream("POST", server.url + "/api/generate", json=body, timeout=60) as busy:
+        busy_lines = busy.iter_lines()
+        next(busy_lines)
+        results: list[dict] = []
+        waiting = threading.Thread(
+            target=lambda: results.append(
+                httpx.post(
+                    server.url + "/api/generate",
+                    json={
+                        "model": "b",
+                        "prompt": "hi",
+                        "stream": False,
+                        "options": {"num_predict": 2},
+                    },
+                    timeout=120,
+                ).json()
+            )
+        )
+        waiting.start()
+        assert wait_for(
+            lambda: "waiting for a busy model to finish before loading b:latest" in server.log()
+        )
+        rest = [line for line in busy_lines if line]
+        assert '"done":true' in rest[-1]  # the busy stream was not cut short
+    waiting.join(120)
+    assert results and results[0]["eval_count"] == 2
+    assert loaded(server) == ["b:latest"]

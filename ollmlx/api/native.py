@@ -86,6 +86,11 @@ def check_request_format(fmt: Any) -> Any:
     return fmt or None
 
 
+def check_images(name: str, stored: StoredModel, images: list[str] | None) -> None:
+    if images and "vision" not in capabilities(stored.model_dir, stored.manifest.template):
+        raise ApiError(400, f'"{name}" does not support images')
+
+
 def check_think(name: str, stored: StoredModel, think: bool | str | None) -> None:
     if think in (None, False):
         return
@@ -118,6 +123,7 @@ async def generate(request: web.Request) -> web.StreamResponse:
     if req.suffix:
         raise ApiError(400, f"{stored.name.display} does not support insert")
     check_think(req.model, stored, req.think)
+    check_images(req.model, stored, req.images)
     fmt = check_request_format(req.format)
     sampling = resolve_sampling(ctx.settings, stored.manifest.parameters, req.options)
 
@@ -166,6 +172,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
     stored = find_model(ctx, req.model)
     keep_alive = parse_keep_alive(req.keep_alive)
     check_think(req.model, stored, req.think)
+    check_images(req.model, stored, [i for m in req.messages for i in (m.images or [])])
     if req.tools and "tools" not in capabilities(stored.model_dir, stored.manifest.template):
         raise ApiError(400, f'"{req.model}" does not support tools')
     fmt = check_request_format(req.format)

@@ -113,3 +113,31 @@ def test_request_that_cannot_fit_in_memory_is_answered_with_an_error(
             assert len(server.workers()) == 1
     finally:
         server.stop()
+
+
+def test_worker_dying_at_start_reports_its_stderr(tmp_path: Path, tiny_model_dir: Path) -> None:
+    # A sitecustomize that kills worker interpreters at start-up (the server's own is spared).
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    (hooks / "sitecustomize.py").write_text(
+        "import os, sys\n"
+        "if 'OLLMLX_WORKER_SECRET' in os.environ:  # only workers get one\n"
+        "    sys.stderr.write('boom: the worker cannot start\\n')\n"
+        "    sys.stderr.flush()\n"
+        "    os._exit(3)\n"
+    )
+    server = start_server(tmp_path, PYTHONPATH=str(hooks))
+    try:
+        with server.client() as client:
+            client.create(model="tiny", from_=str(tiny_model_dir))
+            with pytest.raises(ollama.ResponseError) as err:
+                client.generate(model="tiny", prompt="hi")
+            assert err.value.status_code == 500
+            assert "exited with code 3" in err.value.error
+            assert "boom: the worker cannot start" in err.value.error
+            with pytest.raises(ollama.ResponseError) as err:
+                client.generate(model="tiny", prompt="hi")
+            assert "next start attempt in" in err.value.error
+        assert server.log().count("spawned worker") == 1
+    finally:
+        server.stop()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -20,6 +21,7 @@ from ..protocol import (
     DoneEvent,
     ErrorEvent,
     Message,
+    Sampling,
     TokenEvent,
     TokenLogprob,
 )
@@ -110,22 +112,43 @@ def _template_text(stored: StoredModel) -> str:
     return stored.manifest.template or chat_template(stored.model_dir)
 
 
-async def generate(request: web.Request) -> web.StreamResponse:
-    ctx = request.app[CONTEXT]
-    started = time.perf_counter_ns()
-    req: GenerateRequest = await read_body(request, generate_decoder)
+@dataclass
+class Checked:
+    """What generate and chat both check first, in Ollama's order."""
+
+    stored: StoredModel
+    keep_alive: float | None
+    format: Any
+    sampling: Sampling
+
+
+def check_common(
+    ctx: Context, req: GenerateRequest | ChatRequest, images: list[str] | None
+) -> Checked:
     if not 0 <= req.top_logprobs <= 20:
         raise ApiError(400, "top_logprobs must be between 0 and 20")
     stored = find_model(ctx, req.model)
     keep_alive = parse_keep_alive(req.keep_alive)
+    check_think(req.model, stored, req.think)
+    check_images(req.model, stored, images)
+    return Checked(
+        stored,
+        keep_alive,
+        check_request_format(req.format),
+        resolve_sampling(ctx.settings, stored.manifest.parameters, req.options),
+    )
+
+
+async def generate(request: web.Request) -> web.StreamResponse:
+    ctx = request.app[CONTEXT]
+    started = time.perf_counter_ns()
+    req: GenerateRequest = await read_body(request, generate_decoder)
+    checked = check_common(ctx, req, req.images)
+    stored, keep_alive, sampling = checked.stored, checked.keep_alive, checked.sampling
     if req.raw and (req.template or req.system or req.context):
         raise ApiError(400, "raw mode does not support template, system, or context")
     if req.suffix:
         raise ApiError(400, f"{stored.name.display} does not support insert")
-    check_think(req.model, stored, req.think)
-    check_images(req.model, stored, req.images)
-    fmt = check_request_format(req.format)
-    sampling = resolve_sampling(ctx.settings, stored.manifest.parameters, req.options)
 
     def make(event: TokenEvent | None, done: DoneEvent | None, total: int, load: int) -> Any:
         chunk = GenerateChunk(
@@ -153,7 +176,7 @@ async def generate(request: web.Request) -> web.StreamResponse:
         context=req.context,
         truncate=req.truncate is not False,
         return_context=not req.raw,
-        format=fmt,
+        format=checked.format,
         logprobs=req.logprobs,
         top_logprobs=req.top_logprobs,
         think=req.think,
@@ -167,16 +190,11 @@ async def chat(request: web.Request) -> web.StreamResponse:
     ctx = request.app[CONTEXT]
     started = time.perf_counter_ns()
     req: ChatRequest = await read_body(request, chat_decoder)
-    if not 0 <= req.top_logprobs <= 20:
-        raise ApiError(400, "top_logprobs must be between 0 and 20")
-    stored = find_model(ctx, req.model)
-    keep_alive = parse_keep_alive(req.keep_alive)
-    check_think(req.model, stored, req.think)
-    check_images(req.model, stored, [i for m in req.messages for i in (m.images or [])])
+    images = [image for m in req.messages for image in (m.images or [])]
+    checked = check_common(ctx, req, images)
+    stored, keep_alive, sampling = checked.stored, checked.keep_alive, checked.sampling
     if req.tools and "tools" not in capabilities(stored.model_dir, stored.manifest.template):
         raise ApiError(400, f'"{req.model}" does not support tools')
-    fmt = check_request_format(req.format)
-    sampling = resolve_sampling(ctx.settings, stored.manifest.parameters, req.options)
 
     def make(event: TokenEvent | None, done: DoneEvent | None, total: int, load: int) -> Any:
         message = OutMessage(
@@ -205,7 +223,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
         messages=model_messages(stored, req.messages),
         template=stored.manifest.template,
         truncate=req.truncate is not False,
-        format=fmt,
+        format=checked.format,
         logprobs=req.logprobs,
         top_logprobs=req.top_logprobs,
         tools=req.tools,

@@ -177,3 +177,29 @@ def test_load_waits_for_a_busy_model_to_finish(make_server) -> None:
     waiting.join(120)
     assert results and results[0]["eval_count"] == 2
     assert loaded(server) == ["b:latest"]
+
+
+def test_num_parallel_limits_requests_running_at_once(make_server) -> None:
+    server = make_server(OLLAMA_NUM_PARALLEL="2", OLLAMA_DEBUG="1")
+    with server.client() as client:
+        client.generate(model="a", prompt="")
+    body = {"model": "a", "prompt": "long", "options": {"num_predict": 3000}}
+    with (
+        httpx.stream("POST", server.url + "/api/generate", json=body, timeout=60) as first,
+        httpx.stream("POST", server.url + "/api/generate", json=body, timeout=60) as second,
+    ):
+        first_lines, second_lines = first.iter_lines(), second.iter_lines()
+        # Both stream at the same time: neither waited for a slot...
+        assert next(first_lines) and next(second_lines)
+        assert "waits for a free slot" not in server.log()
+        # ...and a third one waits while both slots are taken.
+        third = threading.Thread(
+            target=lambda: httpx.post(
+                server.url + "/api/generate",
+                json={**body, "options": {"num_predict": 1}},
+                timeout=120,
+            )
+        )
+        third.start()
+        assert wait_for(lambda: "waits for a free slot" in server.log())
+    third.join(120)

@@ -145,6 +145,8 @@ def cmd_create(client: Client, args: argparse.Namespace) -> None:
         request = create_request(args.model, path)
     except ModelfileError as exc:
         raise ClientError(str(exc)) from None
+    if args.quantize:
+        request["quantize"] = args.quantize
     for part in client.stream("/api/create", request):
         print(part.get("status", ""), file=sys.stderr)
 
@@ -162,6 +164,12 @@ def cmd_rm(client: Client, args: argparse.Namespace) -> None:
 
 def cmd_stop(client: Client, args: argparse.Namespace) -> None:
     client.request("POST", "/api/generate", {"model": args.model, "keep_alive": 0})
+
+
+def cmd_pull(client: Client, args: argparse.Namespace) -> None:
+    from .cli_pull import cmd_pull
+
+    cmd_pull(client, args)
 
 
 def cmd_run(client: Client, args: argparse.Namespace) -> None:
@@ -185,7 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--keepalive", default=None, help="how long the model stays loaded")
     run.add_argument("--think", nargs="?", const="true", default=None)
     run.add_argument("--hidethinking", action="store_true")
-    run.add_argument("--nowordwrap", action="store_true", help="accepted; output is not wrapped")
+    run.add_argument("--nowordwrap", action="store_true", help="don't wrap words to the terminal")
+    run.add_argument("--insecure", action="store_true", help="accepted for Ollama compatibility")
     for name, helptext in (
         ("list", "list models"),
         ("ls", "list models"),
@@ -199,6 +208,10 @@ def build_parser() -> argparse.ArgumentParser:
     create = sub.add_parser("create", help="create a model from a Modelfile")
     create.add_argument("model")
     create.add_argument("-f", "--file", default="Modelfile")
+    create.add_argument("-q", "--quantize", default=None, help="quantize: q4_K_M, q4_0, q8_0")
+    pull = sub.add_parser("pull", help="pull a model from Hugging Face")
+    pull.add_argument("model")
+    pull.add_argument("--insecure", action="store_true", help="accepted for Ollama compatibility")
     cp = sub.add_parser("cp", help="copy a model")
     cp.add_argument("source")
     cp.add_argument("destination")
@@ -206,6 +219,12 @@ def build_parser() -> argparse.ArgumentParser:
     rm.add_argument("models", nargs="+")
     stop = sub.add_parser("stop", help="unload a running model")
     stop.add_argument("model")
+    service = sub.add_parser("service", help="run the server in the background (launchd/systemd)")
+    service.add_argument(
+        "action", choices=("install", "uninstall", "start", "stop", "status", "logs")
+    )
+    service.add_argument("-n", "--lines", type=int, default=50, help="logs: lines to show")
+    service.add_argument("-f", "--follow", action="store_true", help="logs: keep printing")
     return parser
 
 
@@ -219,6 +238,7 @@ COMMANDS = {
     "rm": cmd_rm,
     "stop": cmd_stop,
     "run": cmd_run,
+    "pull": cmd_pull,
 }
 
 
@@ -241,6 +261,15 @@ def main(argv: list[str] | None = None) -> None:
     if args.command is None:
         parser.print_help()
         return
+    if args.command == "service":
+        from .service import ServiceError
+        from .service import main as service_main
+
+        try:
+            sys.exit(service_main(args))
+        except (ServiceError, ClientError, OSError) as exc:
+            print(f"Error: {exc}", file=sys.stderr)
+            sys.exit(1)
     try:
         COMMANDS[args.command](Client(settings), args)
     except ClientError as exc:

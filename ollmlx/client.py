@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import http.client
 import json
-from collections.abc import Iterator
+from collections.abc import Generator
 from typing import Any
 
 from .config import Settings
 
 
 class ClientError(Exception):
-    """A readable one-line error for the terminal."""
+    """A readable one-line error for the terminal; `status` is the HTTP code, if any."""
+
+    def __init__(self, message: str, status: int = 0) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class Client:
@@ -34,7 +38,7 @@ class Client:
                 "is the server running? (start it with `ollmlx serve`)"
             ) from None
         if response.status >= 400:
-            raise ClientError(_error_text(response.read()))
+            raise ClientError(_error_text(response.read()), response.status)
         return conn, response
 
     def request(self, method: str, path: str, body: Any | None = None) -> Any:
@@ -45,7 +49,7 @@ class Client:
             conn.close()
         return json.loads(data) if data.strip() else None
 
-    def stream(self, path: str, body: Any) -> Iterator[dict[str, Any]]:
+    def stream(self, path: str, body: Any) -> Generator[dict[str, Any], None, None]:
         """Each NDJSON line as a dict; an `{"error"}` line raises ClientError."""
         conn, response = self._send("POST", path, body)
         try:

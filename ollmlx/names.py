@@ -13,6 +13,9 @@ from dataclasses import dataclass
 DEFAULT_HOST = "registry.ollama.ai"
 DEFAULT_NAMESPACE = "library"
 DEFAULT_TAG = "latest"
+# Hugging Face's hosts name the same repos as `org/repo`: fold them, so `hf.co/org/x` and
+# `org/x` are one model in the store, not two copies.
+HF_HOSTS = frozenset({"hf.co", "huggingface.co", "www.huggingface.co"})
 
 _PART = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,79}")
 _HOST = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:-]{0,349}")
@@ -32,7 +35,7 @@ class ModelName:
 
     @property
     def display(self) -> str:
-        """The short form Ollama shows: `tiny:latest`, `user/tiny:v1`, `hf.co/org/x:latest`."""
+        """The short form Ollama shows: `tiny:latest`, `user/tiny:v1`, `host/ns/x:latest`."""
         if self.host != DEFAULT_HOST:
             return f"{self.host}/{self.namespace}/{self.model}:{self.tag}"
         if self.namespace != DEFAULT_NAMESPACE:
@@ -70,4 +73,6 @@ def parse_name(text: str) -> ModelName:
     for part, pattern in checks:
         if not pattern.fullmatch(part) or part in (".", "..") or ".." in part:
             raise InvalidName(f"invalid model name {text!r}")
+    if host.lower() in HF_HOSTS:
+        host = DEFAULT_HOST
     return ModelName(host, namespace, model, tag)

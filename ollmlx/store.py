@@ -14,6 +14,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -29,6 +30,8 @@ from .protocol import Message
 class Manifest(msgspec.Struct, omit_defaults=True):
     weights: str  # "sha256-<hex>" directory under weights/
     source: str = ""  # what FROM named
+    repo: str = ""  # the Hugging Face repo a pulled model came from
+    revision: str = ""  # and its commit
     adapter: str | None = None  # another weights digest: an mlx-lm LoRA adapter
     parameters: dict[str, Any] = msgspec.field(default_factory=dict)
     system: str | None = None
@@ -115,18 +118,31 @@ class Store:
             modified_at=datetime.fromtimestamp(stat.st_mtime, timezone.utc),
         )
 
-    def install_weights(self, source: Path) -> tuple[str, int]:
+    @contextlib.contextmanager
+    def scratch(self) -> Iterator[Path]:
+        """A temporary folder on the store's filesystem (links into weights/ are free)."""
+        folder = Path(tempfile.mkdtemp(prefix=".staging-", dir=self.weights))
+        try:
+            yield folder
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    def install_weights(
+        self, source: Path, known: Mapping[str, str] | None = None
+    ) -> tuple[str, int]:
         """Copy a model directory into the store; return (digest, bytes).
 
         Files are hashed, linked or copied into a temporary directory, then renamed into
-        place in one step: a half-copied model is never visible.
+        place in one step: a half-copied model is never visible. `known` maps relative
+        paths to sha256 hex digests already verified (a pull), so they are not read twice.
         """
         files = _model_files(source)
         listing = hashlib.sha256()
         size = 0
         for path in files:
             rel = path.relative_to(source).as_posix()
-            listing.update(f"{rel}\0{_hash_file(path)}\n".encode())
+            sha = (known or {}).get(rel) or _hash_file(path)
+            listing.update(f"{rel}\0{sha}\n".encode())
             size += path.stat().st_size
         digest = f"sha256-{listing.hexdigest()}"
         target = self.weights / digest

@@ -93,7 +93,7 @@ async def errors_middleware(
 
 
 def create_app(settings: Settings) -> web.Application:
-    from . import models, native
+    from . import models, native, pull
     from .guards import add_cors_headers, make_guards
 
     app = web.Application(
@@ -115,6 +115,7 @@ def create_app(settings: Settings) -> web.Application:
                 settings.debug,
                 settings.worker_memory_limit,
                 settings.prompt_cache_bytes,
+                use_openblas=not settings.no_openblas,
             )
 
         scheduler = Scheduler(settings, spawn)
@@ -128,4 +129,5 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(lifecycle)
     native.add_routes(app.router)
     models.add_routes(app.router)
+    pull.setup(app)
     return app

@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+from collections.abc import AsyncIterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
+from ..aliases import UnknownModel, resolve
 from ..modelfile import ModelfileError, format_parameters, parse_modelfile, render_modelfile
 from ..modelinfo import (
     capabilities,
@@ -22,15 +24,17 @@ from ..modelinfo import (
 )
 from ..names import InvalidName, parse_name
 from ..options import OptionError, check_option
+from ..pull import Progress, Puller
+from ..quantize import ConvertError, convert, quant_bits
 from ..store import Manifest, StoredModel
 from .app import CONTEXT, ApiError, Context
 from .native import read_body
+from .pull import PULLER, stream_progress
 from .schemas import (
     CreateRequest,
     ListedModel,
     RunningModel,
     ShowResponse,
-    Status,
     copy_decoder,
     create_decoder,
     encoder,
@@ -113,6 +117,16 @@ def model_info(model_dir: Path) -> dict[str, Any]:
     return info
 
 
+def _source_info(manifest: Manifest) -> dict[str, str]:
+    """Where a pulled model came from: what an Ollama name resolved to, and the commit."""
+    if not manifest.repo:
+        return {}
+    return {
+        "general.source.huggingface.repository": manifest.repo,
+        "general.source.huggingface.commit": manifest.revision,
+    }
+
+
 async def show(request: web.Request) -> web.Response:
     ctx = request.app[CONTEXT]
     req = await read_body(request, model_decoder)
@@ -135,7 +149,7 @@ async def show(request: web.Request) -> web.Response:
                 manifest.license,
             ),
             details=manifest.details,
-            model_info=model_info(stored.model_dir),
+            model_info={**model_info(stored.model_dir), **_source_info(manifest)},
             modified_at=stored.modified_at.astimezone(),
             capabilities=capabilities(stored.model_dir, manifest.template),
             parameters=format_parameters(manifest.parameters),
@@ -185,79 +199,102 @@ async def create(request: web.Request) -> web.StreamResponse:
     except InvalidName:
         raise ApiError(400, "invalid model name") from None
     plan = _plan_create(ctx, req)
-    if req.stream is False:
-        async for _ in _run_create(ctx, name, plan):
-            pass
-        return _json(Status("success"))
-    response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
-    await response.prepare(request)
-    try:
-        async for status in _run_create(ctx, name, plan):
-            await response.write(encoder.encode(Status(status)) + b"\n")
-        await response.write(encoder.encode(Status("success")) + b"\n")
-    except (OSError, ValueError) as exc:
-        log.warning("create %s failed: %s", name, exc)
-        await response.write(encoder.encode({"error": str(exc)}) + b"\n")
-    await response.write_eof()
-    return response
+    events = _run_create(ctx, request.app[PULLER], name, plan)
+    return await stream_progress(request, events, stream=req.stream is not False)
 
 
 class _CreatePlan:
     """What /api/create will write, checked before any byte of the answer is sent."""
 
-    def __init__(self) -> None:
+    def __init__(self, req: CreateRequest) -> None:
+        self.req = req
         self.source_dir: Path | None = None
         self.adapter_dir: Path | None = None
         self.base: StoredModel | None = None
-        self.manifest = Manifest(weights="")
+        self.pull: str = ""  # a FROM model to pull from Hugging Face first
+        self.bits = 0  # quantize to this many bits
+        self.parameters: dict[str, Any] = {}
+
+
+def _merge_modelfile(req: CreateRequest) -> None:
+    """Fold an old client's `modelfile` text into the request; the request's fields win."""
+    try:
+        parsed = parse_modelfile(req.modelfile)
+    except ModelfileError as exc:
+        raise ApiError(400, str(exc)) from None
+    req.from_ = req.from_ or parsed.from_
+    req.template = req.template if req.template is not None else parsed.template
+    req.system = req.system if req.system is not None else parsed.system
+    req.license = req.license or parsed.license or None
+    req.parameters = {**parsed.parameters, **(req.parameters or {})}
+    req.messages = req.messages or parsed.messages or None
+    if parsed.adapter:
+        req.adapters = {"adapter": parsed.adapter}
 
 
 def _plan_create(ctx: Context, req: CreateRequest) -> _CreatePlan:
-    plan = _CreatePlan()
-    manifest = plan.manifest
+    plan = _CreatePlan(req)
     if req.modelfile:
-        try:
-            parsed = parse_modelfile(req.modelfile)
-        except ModelfileError as exc:
-            raise ApiError(400, str(exc)) from None
-        req.from_ = req.from_ or parsed.from_
-        req.template = req.template if req.template is not None else parsed.template
-        req.system = req.system if req.system is not None else parsed.system
-        req.license = req.license or parsed.license or None
-        req.parameters = {**parsed.parameters, **(req.parameters or {})}
-        req.messages = req.messages or parsed.messages or None
-        if parsed.adapter:
-            req.adapters = {"adapter": parsed.adapter}
+        _merge_modelfile(req)
     if not req.from_:
         raise ApiError(400, "neither 'from' or 'files' was specified")
     if req.quantize:
-        raise ApiError(400, "quantize is not supported yet")
+        try:
+            plan.bits = quant_bits(req.quantize)
+        except ConvertError as exc:
+            raise ApiError(exc.status, str(exc)) from None
     source = Path(req.from_).expanduser()
     if source.is_absolute() or req.from_.startswith((".", "~")):
         problem = check_model_dir(source)
         if problem:
             raise ApiError(400, problem)
         plan.source_dir = source.resolve()
-        manifest.source = str(plan.source_dir)
     else:
-        base = ctx.store.get(req.from_)
-        if base is None:
-            raise ApiError(404, f"model '{req.from_}' not found")
-        plan.base = base
-        manifest = plan.manifest = Manifest(
-            **{f: getattr(base.manifest, f) for f in base.manifest.__struct_fields__}
-        )
-        manifest.source = base.name.display
+        plan.base = ctx.store.get(req.from_)
+        if plan.base is None:
+            if not _pullable(req.from_):
+                raise ApiError(404, f"model '{req.from_}' not found")
+            plan.pull = req.from_
+    weights_dir = plan.source_dir or (plan.base.model_dir if plan.base else None)
+    if plan.bits and weights_dir is not None:
+        _check_quantizable(weights_dir)
     for adapter in (req.adapters or {}).values():
         path = Path(adapter).expanduser()
         if not (path / "adapter_config.json").is_file():
             raise ApiError(400, f"adapter {adapter} has no adapter_config.json")
         plan.adapter_dir = path.resolve()
     try:
-        typed = {k: check_option(k, v) for k, v in (req.parameters or {}).items()}
+        plan.parameters = {k: check_option(k, v) for k, v in (req.parameters or {}).items()}
     except (OptionError, KeyError) as exc:
         raise ApiError(400, str(exc).strip('"')) from None
-    manifest.parameters = {**manifest.parameters, **typed}
+    return plan
+
+
+def _pullable(text: str) -> bool:
+    try:
+        resolve(parse_name(text))
+    except (InvalidName, UnknownModel):
+        return False
+    return True
+
+
+def _check_quantizable(model_dir: Path) -> None:
+    config = read_config(model_dir)
+    if config.get("quantization") or config.get("quantization_config"):
+        raise ApiError(400, "quantization is only supported for F16 and F32 models")
+
+
+def _base_manifest(base: StoredModel) -> Manifest:
+    fields = {f: getattr(base.manifest, f) for f in base.manifest.__struct_fields__}
+    manifest = Manifest(**fields)
+    manifest.source = base.name.display
+    return manifest
+
+
+def _apply_request(manifest: Manifest, plan: _CreatePlan) -> None:
+    """What the request sets replaces what the base model had."""
+    req = plan.req
+    manifest.parameters = {**manifest.parameters, **plan.parameters}
     if req.template is not None:
         manifest.template = req.template or None
     if req.system is not None:
@@ -266,13 +303,30 @@ def _plan_create(ctx: Context, req: CreateRequest) -> _CreatePlan:
         manifest.license = [req.license] if isinstance(req.license, str) else list(req.license)
     if req.messages:
         manifest.messages = list(req.messages)
-    return plan
 
 
-async def _run_create(ctx: Context, name: str, plan: _CreatePlan) -> Any:
-    """Install weights (in a thread: hashing is blocking), then write the manifest."""
-    manifest = plan.manifest
-    if plan.source_dir is not None:
+async def _run_create(
+    ctx: Context, puller: Puller, name: str, plan: _CreatePlan
+) -> AsyncIterator[Progress | str]:
+    """Pull or install the weights (blocking work in threads), then write the manifest."""
+    if plan.pull:
+        async for event in puller.pull(plan.pull):
+            if event.status != "success":
+                yield event
+        plan.base = ctx.store.get(plan.pull)
+        if plan.base is None:
+            raise ApiError(500, f"model '{plan.pull}' vanished after pulling it")
+        if plan.bits:
+            _check_quantizable(plan.base.model_dir)
+    if plan.base is not None:
+        manifest = _base_manifest(plan.base)
+    else:
+        assert plan.source_dir is not None
+        manifest = Manifest(weights="", source=str(plan.source_dir))
+    if plan.bits:
+        async for status in _quantize(ctx, plan, manifest):
+            yield status
+    elif plan.source_dir is not None:
         yield "copying model files"
         digest, size = await asyncio.to_thread(ctx.store.install_weights, plan.source_dir)
         manifest.weights, manifest.size = digest, size
@@ -284,9 +338,29 @@ async def _run_create(ctx: Context, name: str, plan: _CreatePlan) -> Any:
         adapter, _ = await asyncio.to_thread(ctx.store.install_weights, plan.adapter_dir)
         manifest.adapter = adapter
         yield f"creating new layer {adapter.replace('-', ':')}"
+    _apply_request(manifest, plan)
     yield "writing manifest"
     await asyncio.to_thread(ctx.store.write, name, manifest)
     log.info("created %s", parse_name(name).display)
+    yield "success"
+
+
+async def _quantize(ctx: Context, plan: _CreatePlan, manifest: Manifest) -> AsyncIterator[str]:
+    """Convert in a child process into scratch space, then install the result."""
+    source = plan.source_dir or (plan.base.model_dir if plan.base else None)
+    assert source is not None and plan.req.quantize
+    level = manifest.details.quantization_level or describe(source).quantization_level
+    yield f"quantizing {level or 'F16'} model to {plan.req.quantize.upper()}"
+    with ctx.store.scratch() as scratch:
+        out = scratch / "model"
+        async for status in convert(source, out, plan.bits):
+            yield status
+        digest, size = await asyncio.to_thread(ctx.store.install_weights, out)
+        details = await asyncio.to_thread(describe, out)
+    details.parent_model = manifest.source
+    manifest.weights, manifest.size, manifest.details = digest, size, details
+    manifest.repo = manifest.revision = ""
+    yield f"creating new layer {digest.replace('-', ':')}"
 
 
 def add_routes(router: web.UrlDispatcher) -> None:

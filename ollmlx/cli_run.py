@@ -1,28 +1,20 @@
-"""`ollmlx run MODEL [PROMPT]`: one answer for scripts, or an interactive chat."""
+"""`ollmlx run MODEL [PROMPT]`: one answer for scripts, or an interactive chat.
+
+As `ollama run`: prompt arguments, piped stdin or a redirected stdout mean one answer
+(stdin is prepended to the arguments); otherwise a chat (cli_chat.py). A missing model
+is pulled first: without asking for scripts, after a question in a terminal.
+"""
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
+import shutil
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 from .client import Client, ClientError
-
-HELP = """Available Commands:
-  /set parameter NAME VALUE   Set a parameter (e.g. temperature 0.2)
-  /set system TEXT            Set the system message
-  /set verbose                Show timings after each answer
-  /set quiet                  Stop showing timings
-  /show info                  Show details for this model
-  /clear                      Clear the session context
-  /load MODEL                 Load a different model
-  /bye                        Exit
-  /?, /help                   Help for a command
-
-Use \"\"\" to begin a multi-line message.
-"""
+from .terminal import Spinner, WordWrapper
 
 
 def _think_value(raw: str | None) -> bool | str | None:
@@ -51,145 +43,146 @@ def base_request(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def print_metrics(final: dict[str, Any]) -> None:
+    """Ollama's Metrics.Summary(), on stderr so that stdout holds only the answer."""
+
     def rate(count: int, duration: int) -> float:
         return count / (duration / 1e9) if duration else 0.0
 
+    prompt_count, prompt_ns = (
+        final.get("prompt_eval_count", 0),
+        final.get("prompt_eval_duration", 0),
+    )
+    eval_count, eval_ns = final.get("eval_count", 0), final.get("eval_duration", 0)
     lines = [
         f"total duration:       {final.get('total_duration', 0) / 1e9:.6f}s",
         f"load duration:        {final.get('load_duration', 0) / 1e9:.6f}s",
-        f"prompt eval count:    {final.get('prompt_eval_count', 0)} token(s)",
-        f"prompt eval duration: {final.get('prompt_eval_duration', 0) / 1e9:.6f}s",
-        "prompt eval rate:     "
-        f"{rate(final.get('prompt_eval_count', 0), final.get('prompt_eval_duration', 0)):.2f}"
-        " tokens/s",
-        f"eval count:           {final.get('eval_count', 0)} token(s)",
-        f"eval duration:        {final.get('eval_duration', 0) / 1e9:.6f}s",
-        "eval rate:            "
-        f"{rate(final.get('eval_count', 0), final.get('eval_duration', 0)):.2f} tokens/s",
+        f"prompt eval count:    {prompt_count} token(s)",
+        f"prompt eval duration: {prompt_ns / 1e9:.6f}s",
+        f"prompt eval rate:     {rate(prompt_count, prompt_ns):.2f} tokens/s",
+        f"eval count:           {eval_count} token(s)",
+        f"eval duration:        {eval_ns / 1e9:.6f}s",
+        f"eval rate:            {rate(eval_count, eval_ns):.2f} tokens/s",
     ]
-    print("\n".join(lines), file=sys.stderr)
+    print("\n".join(lines), file=sys.stderr, flush=True)
 
 
-def run_once(client: Client, args: argparse.Namespace, prompt: str) -> None:
-    """Scripts: print only the answer, streamed as it comes."""
+def terminal_width(args: argparse.Namespace) -> int:
+    """Columns to wrap at; 0 (no wrap) with --nowordwrap or when stdout is not a terminal."""
+    if args.nowordwrap or not sys.stdout.isatty():
+        return 0
+    return shutil.get_terminal_size().columns
+
+
+def pull(client: Client, model: str) -> None:
+    """Pull with `ollmlx pull`'s progress display when it exists, else plain status lines."""
+    try:
+        from . import cli_pull  # type: ignore[attr-defined,unused-ignore]
+    except ImportError:
+        cli_pull = None
+    if cli_pull is not None and hasattr(cli_pull, "cmd_pull"):
+        cli_pull.cmd_pull(client, argparse.Namespace(model=model, insecure=False))
+        return
+    tty, last = sys.stderr.isatty(), ""
+    for part in client.stream("/api/pull", {"model": model}):
+        status = str(part.get("status", ""))
+        if part.get("total"):
+            status += f" {100 * part.get('completed', 0) // part['total']:3d}%"
+        if tty:  # one line, redrawn
+            sys.stderr.write(f"\r{status}\x1b[K")
+        elif status.split(" ")[:2] != last.split(" ")[:2]:  # one line per step
+            sys.stderr.write(status + "\n")
+        sys.stderr.flush()
+        last = status
+    if tty:
+        sys.stderr.write("\n")
+
+
+def ensure_model(client: Client, model: str, ask: bool) -> None:
+    """Pull a model the server does not have; `ask` first in a terminal, as the issue wants."""
+    try:
+        client.request("POST", "/api/show", {"model": model})
+        return
+    except ClientError as exc:
+        if exc.status != 404:
+            raise
+        not_found = exc
+    if ask:
+        try:
+            answer = input(f"model '{model}' not found. pull it? [y/N] ")
+        except EOFError:
+            answer = ""
+        if answer.strip().lower() not in ("y", "yes"):
+            raise not_found
+    try:
+        pull(client, model)
+    except ClientError as exc:
+        if str(exc) in ("404: Not Found", "405: Method Not Allowed"):
+            raise not_found from None  # a server without /api/pull: the first error says it
+        raise
+    client.request("POST", "/api/show", {"model": model})
+
+
+def stream_answer(
+    client: Client,
+    path: str,
+    request: dict[str, Any],
+    out: WordWrapper,
+    show_thinking: bool,
+) -> Iterator[dict[str, Any]]:
+    """Print one streamed answer (a spinner until its first token); yield every chunk."""
+    spinner = Spinner().start()
+    thinking = False
+    parts = client.stream(path, request)
+    try:
+        for part in parts:
+            message = part.get("message", part)
+            text = message.get("content", message.get("response", "")) or ""
+            thought = message.get("thinking") or ""
+            if text or thought or part.get("done"):
+                spinner.stop()
+            if thought and show_thinking:
+                if not thinking:
+                    sys.stderr.write("Thinking...\n")
+                    thinking = True
+                sys.stderr.write(thought)
+                sys.stderr.flush()
+            if text and thinking:
+                sys.stderr.write("\n...done thinking.\n\n")
+                thinking = False
+            if text:
+                out.write(text)
+            yield part
+    finally:
+        spinner.stop()
+        parts.close()  # closing the connection cancels the request on the server
+
+
+def run_once(client: Client, args: argparse.Namespace, prompt: str, width: int) -> None:
+    """Scripts: print only the answer, streamed as it comes; thinking goes to stderr."""
     request = {**base_request(args), "prompt": prompt}
+    out = WordWrapper(sys.stdout, width)
     final: dict[str, Any] = {}
-    for part in client.stream("/api/generate", request):
-        if part.get("thinking") and not args.hidethinking:
-            print(part["thinking"], end="", file=sys.stderr, flush=True)
-        print(part.get("response", ""), end="", flush=True)
+    for part in stream_answer(client, "/api/generate", request, out, not args.hidethinking):
         final = part
-    print("\n")
+    if prompt:
+        print("\n")
     if args.verbose:
         print_metrics(final)
 
 
-def chat_turn(client: Client, request: dict[str, Any], verbose: bool) -> str:
-    """Stream one answer; Ctrl-C stops it without leaving the chat."""
-    answer: list[str] = []
-    final: dict[str, Any] = {}
-    try:
-        for part in client.stream("/api/chat", request):
-            text = part.get("message", {}).get("content", "")
-            answer.append(text)
-            print(text, end="", flush=True)
-            final = part
-    except KeyboardInterrupt:
-        print("\n(stopped)")
-    print("\n")
-    if verbose and final.get("done"):
-        print_metrics(final)
-    return "".join(answer)
-
-
-def read_message() -> str | None:
-    """One message from the terminal; a \"\"\" line starts and ends a multi-line one."""
-    with contextlib.suppress(ImportError):
-        import readline  # noqa: F401  (arrow keys and history for input())
-    try:
-        line = input(">>> ")
-    except EOFError:
-        return None
-    if not line.startswith('"""'):
-        return line
-    lines = [line[3:]]
-    while not lines[-1].endswith('"""'):
-        try:
-            lines.append(input("... "))
-        except EOFError:
-            return None
-    lines[-1] = lines[-1][:-3]
-    return "\n".join(lines).strip("\n")
-
-
-def interactive(client: Client, args: argparse.Namespace) -> None:
-    request = base_request(args)
-    client.request("POST", "/api/chat", {**request, "messages": []})  # load first
-    messages: list[dict[str, Any]] = []
-    options: dict[str, Any] = {}
-    system: str | None = None
-    verbose = args.verbose
-    while True:
-        try:
-            text = read_message()
-        except KeyboardInterrupt:
-            print("\nUse Ctrl + d or /bye to exit.")
-            continue
-        if text is None or text.strip() in ("/bye", "/exit"):
-            return
-        if not text.strip():
-            continue
-        words = text.split()
-        if words[0] in ("/?", "/help"):
-            print(HELP)
-        elif words[:2] == ["/set", "parameter"] and len(words) >= 4:
-            value = " ".join(words[3:])
-            with contextlib.suppress(ValueError):
-                value = json.loads(value)
-            options[words[2]] = value
-            print(f"Set parameter '{words[2]}' to '{words[3]}'")
-        elif words[:2] == ["/set", "system"]:
-            system = text.split(None, 2)[2] if len(words) > 2 else None
-            print("Set system message.")
-        elif words[:2] == ["/set", "verbose"]:
-            verbose = True
-        elif words[:2] == ["/set", "quiet"]:
-            verbose = False
-        elif words[:2] == ["/show", "info"]:
-            from .cli import cmd_show
-
-            cmd_show(
-                client,
-                argparse.Namespace(
-                    model=request["model"],
-                    **dict.fromkeys(
-                        ("modelfile", "template", "system", "parameters", "license"), False
-                    ),
-                ),
-            )
-        elif words[0] == "/clear":
-            messages.clear()
-            print("Cleared session context")
-        elif words[0] == "/load" and len(words) == 2:
-            request["model"] = words[1]
-            client.request("POST", "/api/chat", {**request, "messages": []})
-            messages.clear()
-            print(f"Loading model '{words[1]}'")
-        elif words[0].startswith("/"):
-            print(f"Unknown command '{words[0]}'. Type /? for help")
-        else:
-            messages.append({"role": "user", "content": text})
-            sent = ([{"role": "system", "content": system}] if system else []) + messages
-            answer = chat_turn(client, {**request, "messages": sent, "options": options}, verbose)
-            messages.append({"role": "assistant", "content": answer})
-
-
 def run(client: Client, args: argparse.Namespace) -> None:
+    base_request(args)  # a bad --think fails before anything else, as in Ollama
     prompt = " ".join(args.prompt)
+    width = terminal_width(args)
     if not sys.stdin.isatty():
         piped = sys.stdin.read()
-        prompt = f"{piped} {prompt}".strip() if prompt else piped
-    if prompt or not sys.stdin.isatty():
-        run_once(client, args, prompt)
+        prompt = " ".join(text for text in (piped, prompt) if text)
+        width = 0  # Ollama does not wrap piped input's answers
+    interactive = not prompt and sys.stdin.isatty() and sys.stdout.isatty()
+    ensure_model(client, args.model, ask=interactive)
+    if interactive:
+        from .cli_chat import chat
+
+        chat(client, args, width)
     else:
-        interactive(client, args)
+        run_once(client, args, prompt, width)

@@ -115,6 +115,9 @@ class Settings:
     max_body_bytes: int = 64 << 20
     max_num_predict: int = 1 << 17
     max_num_ctx: int = 1 << 20
+    log_file: Path | None = None  # rotating log file; None: readable lines on stderr
+    log_max_bytes: int = 10 << 20  # rotate the log file past this size (5 old files kept)
+    no_openblas: bool = False  # True: workers keep MLX's bundled BLAS (no OpenBLAS preload)
 
     @property
     def base_url(self) -> str:
@@ -170,6 +173,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         env, "OLLMLX_MEMORY_BUDGET", int(total_memory * DEFAULT_BUDGET_FRACTION), total_memory
     )
     max_loaded = _int(env, "OLLAMA_MAX_LOADED_MODELS", 0)
+    log_file = _env(env, "OLLMLX_LOG_FILE")
     origins = tuple(o.strip() for o in (_env(env, "OLLAMA_ORIGINS") or "").split(",") if o.strip())
     return Settings(
         host=host,
@@ -190,4 +194,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         health_interval=_duration(env, "OLLMLX_HEALTH_INTERVAL", 5.0),
         health_timeout=_duration(env, "OLLMLX_HEALTH_TIMEOUT", 10.0),
         max_body_bytes=_size(env, "OLLMLX_MAX_BODY", 64 << 20, total_memory),
+        log_file=Path(log_file).expanduser() if log_file else None,
+        log_max_bytes=max(1, _size(env, "OLLMLX_LOG_MAX_SIZE", 10 << 20, total_memory)),
+        no_openblas=(_env(env, "OLLMLX_NO_OPENBLAS") or "0").lower() not in ("0", "false"),
     )

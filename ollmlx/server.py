@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import logging.handlers
 import sys
 
 from aiohttp import web
@@ -10,16 +11,34 @@ from aiohttp import web
 from .api.app import create_app
 from .config import Settings
 
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+LOG_BACKUPS = 5  # rotated files kept next to the log file: server.log.1 ... .5
 
-def setup_logging(debug: int) -> None:
-    level = logging.DEBUG if debug else logging.INFO
-    logging.basicConfig(
-        level=level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+
+def setup_logging(settings: Settings) -> None:
+    """Readable lines on stderr by hand; a rotating file when OLLMLX_LOG_FILE is set.
+
+    A service runs for weeks, so its log must not grow without bound.
+    """
+    level = logging.DEBUG if settings.debug else logging.INFO
+    handler: logging.Handler
+    if settings.log_file is not None:
+        settings.log_file.parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.handlers.RotatingFileHandler(
+            settings.log_file,
+            maxBytes=settings.log_max_bytes,
+            backupCount=LOG_BACKUPS,
+            encoding="utf-8",
+        )
+        print(f"ollmlx: logging to {settings.log_file}", file=sys.stderr, flush=True)
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    logging.basicConfig(level=level, handlers=[handler])
     # aiohttp's access log is one line per request: useful at debug level only.
-    logging.getLogger("aiohttp.access").setLevel(logging.DEBUG if debug else logging.WARNING)
+    logging.getLogger("aiohttp.access").setLevel(
+        logging.DEBUG if settings.debug else logging.WARNING
+    )
 
 
 def serve(settings: Settings) -> None:
@@ -28,7 +47,7 @@ def serve(settings: Settings) -> None:
     aiohttp's run_app stops accepting on SIGINT/SIGTERM, waits for handlers up to the
     grace period, then runs the app's cleanup, which stops every worker.
     """
-    setup_logging(settings.debug)
+    setup_logging(settings)
     log = logging.getLogger("ollmlx.server")
     log.info("ollmlx listening on %s", settings.base_url)
     web.run_app(

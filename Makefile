@@ -23,8 +23,10 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# Plots need matplotlib, kept out of `make install`; ARGS='--quick' or '--model 100m'.
 bench: $(STAMP)
-	$(BIN)/python -m benchmarks
+	$(BIN)/pip install --quiet -e '.[test,bench]'
+	$(BIN)/python -m benchmarks $(ARGS)
 
 # A tiny random-weight model to try the server with (no download): ./tiny-model
 tiny-model: $(STAMP)

@@ -35,6 +35,13 @@ from .protocol import (
 log = logging.getLogger("ollmlx.runner")
 
 STOP_TIMEOUT = 5.0
+# Debian/Ubuntu's OpenBLAS (libopenblas0-pthread). MLX's Linux CPU wheel bundles the
+# reference BLAS; preloading OpenBLAS makes float32 matmuls ~25x faster (mlx-notes).
+OPENBLAS_PATHS = tuple(
+    f"/usr/lib/{arch}-linux-gnu/{sub}libopenblas.so.0"
+    for arch in ("x86_64", "aarch64")
+    for sub in ("openblas-pthread/", "")
+)
 RUNNER_STOPPED = (
     "model runner has unexpectedly stopped, this may be due to resource limitations "
     "or an internal error, check ollama server logs for details"
@@ -69,6 +76,7 @@ class WorkerProcess:
         debug: int = 0,
         memory_limit: int = 0,
         prompt_cache_bytes: int = 0,
+        use_openblas: bool = True,
     ) -> None:
         self.spec = spec
         self._session = session
@@ -76,6 +84,7 @@ class WorkerProcess:
         self._debug = debug
         self._memory_limit = memory_limit
         self._prompt_cache_bytes = prompt_cache_bytes
+        self._use_openblas = use_openblas
         self._secret = secrets.token_urlsafe(32)
         self._proc: asyncio.subprocess.Process | None = None
         self._stderr_tail: deque[str] = deque(maxlen=20)
@@ -119,6 +128,8 @@ class WorkerProcess:
 
     async def start(self) -> None:
         env = {**os.environ, SECRET_ENV: self._secret, "PYTHONUNBUFFERED": "1"}
+        if self._use_openblas:
+            env = with_openblas(env)
         args = [sys.executable, "-m", "ollmlx_worker", "--model-dir", str(self.spec.model_dir)]
         if self.spec.adapter_dir:
             args += ["--adapter-dir", str(self.spec.adapter_dir)]
@@ -318,6 +329,22 @@ class WorkerProcess:
     def _tail_suffix(self) -> str:
         tail = self.stderr_tail
         return f": {tail}" if tail else ""
+
+
+def find_openblas() -> str | None:
+    """The system OpenBLAS to preload into workers, on Linux only (never macOS)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    return next((path for path in OPENBLAS_PATHS if os.path.exists(path)), None)
+
+
+def with_openblas(env: dict[str, str]) -> dict[str, str]:
+    """`env` with the system OpenBLAS first in LD_PRELOAD, when there is one."""
+    path = find_openblas()
+    preload = env.get("LD_PRELOAD", "")
+    if path is None or path in preload.split():
+        return env
+    return {**env, "LD_PRELOAD": f"{path} {preload}".strip()}
 
 
 def _error_text(body: str) -> str:

@@ -1,0 +1,110 @@
+"""`python -m benchmarks [--quick] [--model tiny|100m|all]`: issue 6's benchmark.
+
+Runs in-process mlx_lm (the limit), ollmlx (official ollama client over HTTP) and
+mlx_lm.server (OpenAI API) on the same random-weight models and prompts, one after the
+other in this process tree; prints a table with ratios against in-process, checks the
+targets, compares OpenBLAS with MLX's bundled BLAS, writes JSON and PNG plots.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from ollmlx.runner import find_openblas, with_openblas
+
+from . import blas, plots, report
+from .measures import Plan, Result, measure
+from .systems import InProcess, MlxLmServer, Ollmlx, System
+
+RESULTS = Path(__file__).resolve().parent / "results"
+QUICK = Plan(decode_tokens=32, ttft_samples=6, concurrency=(1, 4, 8), stream_tokens=16, warmups=1)
+SIZES = {"tiny": 0, "100m": 100_000_000}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="fewer samples; tiny model only")
+    parser.add_argument("--model", choices=[*SIZES, "all"], default=None)
+    parser.add_argument(
+        "--systems", default="in-process,ollmlx,mlx_lm.server", help="comma-separated"
+    )
+    parser.add_argument(
+        "--no-openblas", action="store_true", help="all systems on MLX's bundled BLAS"
+    )
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    return parser.parse_args(argv)
+
+
+def ensure_openblas(args: argparse.Namespace) -> None:
+    """Re-run under the OpenBLAS preload that ollmlx workers get, so the limit is fair."""
+    path = find_openblas()
+    if args.no_openblas or path is None or path in os.environ.get("LD_PRELOAD", "").split():
+        return
+    env = with_openblas(dict(os.environ))
+    os.execve(sys.executable, [sys.executable, "-m", "benchmarks", *sys.argv[1:]], env)
+
+
+def build_model(kind: str, tmp: Path) -> Path:
+    from tests.tinymodel import build_model_of_size, build_tiny_model
+
+    out = tmp / kind
+    return build_tiny_model(out) if not SIZES[kind] else build_model_of_size(out, SIZES[kind])
+
+
+def make_systems(names: list[str], no_openblas: bool) -> list[System]:
+    extra = {"OLLMLX_NO_OPENBLAS": "1"} if no_openblas else {}
+    known: dict[str, System] = {
+        "in-process": InProcess(),
+        "ollmlx": Ollmlx(extra),
+        "mlx_lm.server": MlxLmServer(),
+    }
+    # In-process first: every other figure is a ratio against it.
+    return [known["in-process"], *(known[n] for n in names if n != "in-process")]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    ensure_openblas(args)
+    plan = QUICK if args.quick else Plan()
+    model = args.model or ("tiny" if args.quick else "all")
+    kinds = list(SIZES) if model == "all" else [model]
+    names = [n.strip() for n in args.systems.split(",") if n.strip()]
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    runs: dict[str, Any] = {"plan": plan.__dict__, "openblas": not args.no_openblas}
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="ollmlx-bench-models-") as tmp:
+        for seed, kind in enumerate(kinds, start=1):
+            model_dir = build_model(kind, Path(tmp))
+            results: list[Result] = []
+            for system in make_systems(names, args.no_openblas):
+                print(f"[{time.perf_counter() - started:6.0f}s] {kind}: {system.name} ...")
+                results.append(measure(system, model_dir, plan, seed))
+            print()
+            print(report.table(kind, results, plan.concurrency))
+            checks = report.targets(results)
+            print("targets (ollmlx vs in-process, same run):")
+            print(report.format_targets(checks))
+            runs[kind] = {
+                "results": [r.as_dict() for r in results],
+                "targets": [{"target": t, "met": ok, "value": v} for t, ok, v in checks],
+            }
+            if kind != "tiny" and not args.no_openblas:
+                runs[kind]["openblas"] = blas.compare(model_dir)
+                print(report.format_blas(runs[kind]["openblas"]))
+            for path in plots.draw(kind, results, args.out):
+                print(f"plot: {path}")
+            print()
+    out = args.out / f"bench-{stamp}.json"
+    report.write_json(out, runs)
+    print(f"results: {out} ({time.perf_counter() - started:.0f}s in all)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

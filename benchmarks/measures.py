@@ -1,0 +1,126 @@
+"""The figures of issue 6, each measured the same way on every system."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .systems import Messages, Ollmlx, System
+
+WORDS = """the a small large quick slow bright dark old new cat dog bird river mountain city
+garden forest ocean teacher student engineer robot window morning evening runs walks reads
+writes builds paints finds opens quietly happily slowly often never always over under near
+with without because while""".split()
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How much to measure: modest counts keep a full run near ten minutes on 2 cores."""
+
+    decode_tokens: int = 64
+    ttft_samples: int = 12
+    concurrency: tuple[int, ...] = (1, 4, 8, 16)
+    stream_tokens: int = 24
+    history_tokens: int = 1000
+    warmups: int = 2
+
+
+@dataclass
+class Result:
+    system: str
+    decode_tps: float = 0.0
+    ttft: list[float] = field(default_factory=list)
+    aggregate_tps: dict[int, float] = field(default_factory=dict)
+    supervisor_cpu_per_token: dict[int, float] = field(default_factory=dict)
+    cold_turn_ttft: float = 0.0
+    second_turn_ttft: float = 0.0
+    cold_start: float = 0.0
+    peak_memory: int = 0
+    supervisor_rss: int = 0
+
+    @property
+    def ttft_p50(self) -> float:
+        return percentile(self.ttft, 50)
+
+    @property
+    def ttft_p95(self) -> float:
+        return percentile(self.ttft, 95)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "system": self.system,
+            "decode_tps": self.decode_tps,
+            "ttft_s": self.ttft,
+            "ttft_p50_s": self.ttft_p50,
+            "ttft_p95_s": self.ttft_p95,
+            "aggregate_tps": self.aggregate_tps,
+            "supervisor_cpu_s_per_token": self.supervisor_cpu_per_token,
+            "cold_turn_ttft_s": self.cold_turn_ttft,
+            "second_turn_ttft_s": self.second_turn_ttft,
+            "cold_start_s": self.cold_start,
+            "peak_memory_bytes": self.peak_memory,
+            "supervisor_rss_bytes": self.supervisor_rss,
+        }
+
+
+def percentile(values: list[float], pct: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    # Nearest rank: with a dozen samples, interpolation would invent precision.
+    rank = max(0, min(len(ordered) - 1, round(pct / 100 * len(ordered) + 0.5) - 1))
+    return ordered[rank]
+
+
+def prompt(i: int, words: int = 12) -> Messages:
+    """A short, distinct chat prompt: different texts keep prompt caches from helping."""
+    rng = random.Random(i)
+    text = " ".join(rng.choice(WORDS) for _ in range(words))
+    return [{"role": "user", "content": f"Request {i}: {text}"}]
+
+
+def history(tokens: int, seed: int) -> Messages:
+    """A chat history of about `tokens` tokens (a word is ~1.3 tokens here), unique per seed."""
+    rng = random.Random(seed)
+    words = [rng.choice(WORDS) for _ in range(int(tokens / 1.3))]
+    half = len(words) // 2
+    return [
+        {"role": "system", "content": f"Session {seed}."},
+        {"role": "user", "content": " ".join(words[:half])},
+        {"role": "assistant", "content": " ".join(words[half:])},
+    ]
+
+
+def measure(system: System, model_dir: Path, plan: Plan, seed: int) -> Result:
+    """Every figure for one system on one model; `seed` makes this run's prompts unique."""
+    result = Result(system.name)
+    system.start(model_dir)
+    try:
+        base = seed * 1000
+        for i in range(plan.warmups):
+            system.stream(prompt(base + i), 8)
+        result.decode_tps = system.stream(prompt(base + 10), plan.decode_tokens).decode_tps
+        samples = range(plan.ttft_samples)
+        result.ttft = [system.stream(prompt(base + 20 + i), 1).ttft for i in samples]
+        for n in plan.concurrency:
+            prompts = [prompt(base + 100 * n + i) for i in range(n)]
+            cpu_before = system.supervisor_cpu()
+            wall, tokens = system.concurrent(prompts, plan.stream_tokens)
+            result.aggregate_tps[n] = tokens / wall
+            cpu_after = system.supervisor_cpu()
+            if cpu_before is not None and cpu_after is not None and tokens:
+                result.supervisor_cpu_per_token[n] = (cpu_after - cpu_before) / tokens
+        result.cold_turn_ttft, result.second_turn_ttft = system.chat_turns(
+            history(plan.history_tokens, seed), ("What next?", "And then?"), 8
+        )
+        result.peak_memory = system.peak_memory()
+        if isinstance(system, Ollmlx):
+            result.supervisor_rss = system.supervisor_rss()
+        result.cold_start = system.cold_start(model_dir, prompt(base + 999))
+        if not result.peak_memory:  # in-process: known only after the cold-start child
+            result.peak_memory = system.peak_memory()
+    finally:
+        system.stop()
+    return result

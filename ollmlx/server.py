@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import logging.handlers
 import sys
@@ -50,14 +51,26 @@ def serve(settings: Settings) -> None:
     setup_logging(settings)
     log = logging.getLogger("ollmlx.server")
     log.info("ollmlx listening on %s", settings.base_url)
-    web.run_app(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        # The grace period is spent in the app's on_shutdown (wait_for_inflight).
-        shutdown_timeout=1.0,
-        handler_cancellation=True,
-        print=None,
-        access_log=logging.getLogger("aiohttp.access"),
-    )
+    try:
+        web.run_app(
+            create_app(settings),
+            host=settings.host,
+            port=settings.port,
+            # The grace period is spent in the app's on_shutdown (wait_for_inflight).
+            shutdown_timeout=1.0,
+            handler_cancellation=True,
+            print=None,
+            access_log=logging.getLogger("aiohttp.access"),
+        )
+    except OSError as exc:
+        # Most often another server (Ollama itself) holds the port: one line, not a traceback.
+        reason = exc.strerror or str(exc)
+        if exc.errno == errno.EADDRINUSE:
+            reason = "address already in use"
+        log.error("cannot listen on %s: %s", settings.base_url, reason)
+        print(
+            f"Error: listen tcp {settings.host}:{settings.port}: bind: {reason}",
+            file=sys.stderr,
+        )
+        sys.exit(1)
     log.info("ollmlx stopped")

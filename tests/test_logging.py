@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import httpx
 import pytest
 
 from ollmlx.config import ConfigError, load_settings
-from tests.conftest import Server, start_server, wait_for
+from tests.conftest import Server, server_env, start_server, wait_for
 
 LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNING|ERROR) \S+: ")
 
@@ -51,3 +53,19 @@ def test_log_settings_are_parsed_with_clear_errors() -> None:
     assert load_settings({}).log_max_bytes == 10 << 20
     with pytest.raises(ConfigError, match="OLLMLX_LOG_MAX_SIZE"):
         load_settings({"OLLMLX_LOG_MAX_SIZE": "big"})
+
+
+def test_port_in_use_is_one_error_line_and_exit_1(server: Server, tmp_path: Path) -> None:
+    # The running test server holds its port: a second server there must say so plainly.
+    done = subprocess.run(
+        [sys.executable, "-m", "ollmlx", "serve"],
+        env=server_env(tmp_path / "models", server.port),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    assert done.stderr.splitlines()[-1] == (
+        f"Error: listen tcp 127.0.0.1:{server.port}: bind: address already in use"
+    )
+    assert "Traceback" not in done.stderr

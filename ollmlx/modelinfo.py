@@ -97,6 +97,9 @@ def check_model_dir(path: Path) -> str | None:
 def estimate_memory(model_dir: Path, weights_bytes: int, context_length: int) -> int:
     """Bytes a loaded model needs: its weights plus a float16 KV cache for the context."""
     config = read_config(model_dir)
+    if str(config.get("model_type", "")) in _ENCODER_TYPES:
+        # No KV cache: one batch of activations (64 sequences of up to 512 tokens).
+        return weights_bytes + 64 * 512 * int(config.get("hidden_size", 0) or 0) * 4 * 8
     layers = int(config.get("num_hidden_layers", 0) or 0)
     heads = int(config.get("num_attention_heads", 0) or 0)
     kv_heads = int(config.get("num_key_value_heads", heads) or heads)

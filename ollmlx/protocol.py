@@ -110,7 +110,30 @@ class Health(msgspec.Struct):
     progress: float = 0.0  # load progress 0..1, resets the supervisor's stall timer
 
 
+class EmbedRequest(msgspec.Struct, omit_defaults=True):
+    """Embed each input; /api/embed and /v1/embeddings normalise, legacy /api/embeddings not."""
+
+    inputs: list[str]
+    truncate: bool = True  # False: an input longer than the limit is a 400
+    num_ctx: int = 0  # token limit per input besides the model's own; 0: the model's
+    normalize: bool = True
+    dimensions: int = 0  # > 0: keep the first N values, then normalise again (Ollama)
+
+
+class EmbedResponse(msgspec.Struct):
+    """Vectors as little-endian float32 rows (`count` x `dimensions`), base64 in JSON."""
+
+    data: bytes
+    count: int
+    dimensions: int
+    prompt_eval_count: int
+    prompt_eval_duration: int  # nanoseconds
+    forward_passes: int  # model calls this request took (inputs are batched)
+
+
 encoder = msgspec.json.Encoder()
 event_decoder = msgspec.json.Decoder(WorkerEvent)
 request_decoder = msgspec.json.Decoder(CompletionRequest)
 health_decoder = msgspec.json.Decoder(Health)
+embed_request_decoder = msgspec.json.Decoder(EmbedRequest)
+embed_response_decoder = msgspec.json.Decoder(EmbedResponse)

@@ -25,8 +25,11 @@ from .protocol import (
     SECRET_ENV,
     SECRET_HEADER,
     CompletionRequest,
+    EmbedRequest,
+    EmbedResponse,
     Health,
     WorkerEvent,
+    embed_response_decoder,
     encoder,
     event_decoder,
     health_decoder,
@@ -238,6 +241,24 @@ class WorkerProcess:
         except aiohttp.ClientError as exc:
             await self._wait_exit(0.5)
             log.warning("worker %s stream broke: %s", self.spec.name, exc)
+            raise WorkerError(RUNNER_STOPPED) from exc
+
+    async def embed(self, request: EmbedRequest) -> EmbedResponse:
+        """Vectors for `request.inputs`; a worker error keeps its status (400: too long)."""
+        try:
+            async with self._session.post(
+                self._url("/embed"),
+                data=encoder.encode(request),
+                headers={SECRET_HEADER: self._secret, "Content-Type": "application/json"},
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=5),
+            ) as response:
+                body = await response.read()
+                if response.status != 200:
+                    raise WorkerError(_error_text(body.decode(errors="replace")), response.status)
+                return embed_response_decoder.decode(body)
+        except aiohttp.ClientError as exc:
+            await self._wait_exit(0.5)
+            log.warning("worker %s embed request broke: %s", self.spec.name, exc)
             raise WorkerError(RUNNER_STOPPED) from exc
 
     async def stop(self) -> None:

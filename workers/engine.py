@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ollmlx.protocol import CompletionRequest, ErrorEvent, WorkerEvent
+from ollmlx.protocol import CompletionRequest, EmbedRequest, EmbedResponse, ErrorEvent, WorkerEvent
 
 from .prompts import PromptError, build_prompt
 
@@ -27,6 +27,13 @@ log = logging.getLogger("ollmlx.worker")
 class Job:
     request: CompletionRequest
     emit: Callable[[WorkerEvent], None]  # thread-safe: hands an event to the HTTP side
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+
+@dataclass
+class EmbedJob:
+    request: EmbedRequest
+    reply: Callable[[EmbedResponse | ErrorEvent], None]  # thread-safe, called once
     cancelled: threading.Event = field(default_factory=threading.Event)
 
 
@@ -47,16 +54,18 @@ class Engine:
         self.error: str | None = None
         self.memory_bytes = 0
         self.context_length = 0
-        self._jobs: queue.Queue[Job | None] = queue.Queue()
+        self._jobs: queue.Queue[Job | EmbedJob | None] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="mlx-engine", daemon=True)
         self.model: Any = None
         self.tokenizer: Any = None
         self._batch: Any = None  # batching.BatchRunner, made on the engine thread
+        self._embedder: Any = None  # embedding.Embedder: at load (encoders) or first use
+        self.generative = True  # False for encoder-only (embedding) models
 
     def start(self) -> None:
         self._thread.start()
 
-    def submit(self, job: Job) -> None:
+    def submit(self, job: Job | EmbedJob) -> None:
         self._jobs.put(job)
 
     def close(self) -> None:
@@ -74,17 +83,23 @@ class Engine:
         _announce("ok")
         from .batching import BatchRunner
 
-        self._batch = BatchRunner(self.model, self.tokenizer, self.prompt_cache_bytes)
+        if self.generative:
+            self._batch = BatchRunner(self.model, self.tokenizer, self.prompt_cache_bytes)
         while True:
             # Idle: wait for work. Busy: take what has arrived and keep decoding.
-            for job in self._take_jobs(block=not self._batch.busy):
+            busy = self._batch is not None and self._batch.busy
+            for job in self._take_jobs(block=not busy):
                 if job is None:
                     return
-                self._admit(job)
-            self._batch.step()
+                if isinstance(job, EmbedJob):
+                    self._embed(job)  # between decode steps: streams pause for one batch
+                else:
+                    self._admit(job)
+            if self._batch is not None:
+                self._batch.step()
 
-    def _take_jobs(self, block: bool) -> list[Job | None]:
-        jobs: list[Job | None] = []
+    def _take_jobs(self, block: bool) -> list[Job | EmbedJob | None]:
+        jobs: list[Job | EmbedJob | None] = []
         try:
             jobs.append(self._jobs.get(block=block))
             while True:
@@ -95,6 +110,9 @@ class Engine:
     def _admit(self, job: Job) -> None:
         """Build the prompt and join the batch; a bad request is answered at once."""
         if job.cancelled.is_set():
+            return
+        if not self.generative:
+            job.emit(ErrorEvent("this model does not support generate", 400))
             return
         try:
             options = job.request.sampling
@@ -115,13 +133,25 @@ class Engine:
         from mlx.utils import tree_flatten
         from mlx_lm import load
 
+        from .bert import ENCODER_TYPES
+        from .embedding import Embedder
+
+        config = json.loads((self.model_dir / "config.json").read_text())
         adapter = str(self.adapter_dir) if self.adapter_dir else None
-        self.model, self.tokenizer = load(str(self.model_dir), adapter_path=adapter)
+        if config.get("model_type") in ENCODER_TYPES:
+            self.generative = False
+            self._embedder = Embedder.for_encoder(self.model_dir, config)
+            self.model = self._embedder.forward
+        else:
+            self.model, self.tokenizer = load(str(self.model_dir), adapter_path=adapter)
         weights = sum(v.nbytes for _, v in tree_flatten(self.model.parameters()))
         self.memory_bytes = max(int(mx.get_active_memory()), int(weights))
         args = getattr(self.model, "args", None)
         self.context_length = int(getattr(args, "max_position_embeddings", 0) or 0)
-        self._kv_bytes_per_token = _kv_bytes_per_token(self.model)
+        if self.generative:
+            self._kv_bytes_per_token = _kv_bytes_per_token(self.model)
+        else:
+            self.context_length = self._embedder.max_tokens
         self.status = "ok"
         log.info(
             "loaded %s in %.2fs (%d MiB)",
@@ -129,6 +159,24 @@ class Engine:
             time.perf_counter() - started,
             self.memory_bytes >> 20,
         )
+
+    def _embed(self, job: EmbedJob) -> None:
+        """One embedding request, run to the end here (a few batched forward passes)."""
+        from .embedding import Embedder, EmbedError
+
+        if job.cancelled.is_set():
+            return
+        try:
+            if self._embedder is None:
+                self._embedder = Embedder.for_decoder(
+                    self.model_dir, self.model, self.tokenizer, self.context_length
+                )
+            job.reply(self._embedder.embed(job.request))
+        except EmbedError as exc:
+            job.reply(ErrorEvent(str(exc), exc.status))
+        except Exception as exc:
+            log.exception("embedding failed")
+            job.reply(ErrorEvent(f"{type(exc).__name__}: {exc}", 500))
 
     def _check_memory(self, tokens: int) -> None:
         """Refuse a request whose KV cache cannot fit, instead of being killed for it."""

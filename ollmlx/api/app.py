@@ -47,6 +47,22 @@ def error_response(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
 
 
+# OpenAI's error types by status, as Ollama's openai.NewError picks them.
+OPENAI_ERROR_TYPES = {400: "invalid_request_error", 404: "not_found_error"}
+
+
+def openai_error_body(status: int, message: str) -> dict[str, dict[str, str | None]]:
+    kind = OPENAI_ERROR_TYPES.get(status, "api_error")
+    return {"error": {"message": message, "type": kind, "param": None, "code": None}}
+
+
+def _error_for(request: web.Request, status: int, message: str) -> web.Response:
+    """OpenAI clients read `error.message`: /v1 routes get OpenAI's shape, others Ollama's."""
+    if request.path.startswith("/v1/"):
+        return web.json_response(openai_error_body(status, message), status=status)
+    return error_response(status, message)
+
+
 @web.middleware
 async def inflight_middleware(
     request: web.Request, handler: web.RequestHandler
@@ -83,17 +99,17 @@ async def errors_middleware(
     try:
         return await handler(request)
     except ApiError as exc:
-        return error_response(exc.status, exc.message)
+        return _error_for(request, exc.status, exc.message)
     except (OptionError, msgspec.ValidationError, msgspec.DecodeError, InvalidName) as exc:
-        return error_response(400, str(exc))
+        return _error_for(request, 400, str(exc))
     except QueueFull as exc:
-        return error_response(503, str(exc))
+        return _error_for(request, 503, str(exc))
     except WorkerError as exc:
-        return error_response(exc.status, str(exc))
+        return _error_for(request, exc.status, str(exc))
 
 
 def create_app(settings: Settings) -> web.Application:
-    from . import models, native, pull
+    from . import models, native, openai, pull
     from .guards import add_cors_headers, make_guards
 
     app = web.Application(
@@ -129,5 +145,6 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(lifecycle)
     native.add_routes(app.router)
     models.add_routes(app.router)
+    openai.add_routes(app.router)
     pull.setup(app)
     return app

@@ -6,7 +6,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 from aiohttp import web
@@ -23,7 +23,6 @@ from ..protocol import (
     Message,
     Sampling,
     TokenEvent,
-    TokenLogprob,
 )
 from ..runner import WorkerError
 from ..store import StoredModel
@@ -42,8 +41,52 @@ from .schemas import (
 
 log = logging.getLogger("ollmlx.api")
 
-# Builds one response chunk from (text, logprobs, final event or None, durations).
-ChunkMaker = Callable[[str, list[TokenLogprob] | None, DoneEvent | None, int, int], msgspec.Struct]
+# Builds one Ollama chunk from (token event or None, final event or None, durations).
+ChunkMaker = Callable[[TokenEvent | None, DoneEvent | None, int, int], Any]
+
+
+class Dialect(Protocol):
+    """How one API dialect writes the worker's events: NDJSON for Ollama, SSE for OpenAI.
+
+    Each method returns the bytes to send; an empty result sends nothing.
+    """
+
+    content_type: str
+
+    def token(self, event: TokenEvent) -> bytes: ...
+
+    def done(self, event: DoneEvent, total: int, load: int) -> bytes: ...
+
+    def error(self, message: str) -> bytes: ...
+
+    def whole(self, event: TokenEvent, done: DoneEvent, total: int, load: int) -> bytes: ...
+
+
+class Ndjson:
+    """Ollama's dialect: one chunk per line, built by the route's `make`."""
+
+    content_type = "application/x-ndjson"
+
+    def __init__(self, make: ChunkMaker) -> None:
+        self.make = make
+        self.buffer = bytearray()  # reused: one encode per token without a new allocation
+
+    def _line(self, chunk: Any) -> bytes:
+        encoder.encode_into(chunk, self.buffer)
+        self.buffer.extend(b"\n")
+        return bytes(self.buffer)
+
+    def token(self, event: TokenEvent) -> bytes:
+        return self._line(self.make(event, None, 0, 0))
+
+    def done(self, event: DoneEvent, total: int, load: int) -> bytes:
+        return self._line(self.make(None, event, total, load))
+
+    def error(self, message: str) -> bytes:
+        return encoder.encode({"error": message}) + b"\n"
+
+    def whole(self, event: TokenEvent, done: DoneEvent, total: int, load: int) -> bytes:
+        return encoder.encode(self.make(event, done, total, load))
 
 
 async def root(request: web.Request) -> web.Response:
@@ -139,16 +182,40 @@ def check_common(
     )
 
 
+def check_generate(ctx: Context, req: GenerateRequest) -> Checked:
+    checked = check_common(ctx, req, req.images)
+    if req.raw and (req.template or req.system or req.context):
+        raise ApiError(400, "raw mode does not support template, system, or context")
+    if req.suffix:
+        raise ApiError(400, f"{checked.stored.name.display} does not support insert")
+    return checked
+
+
+def generate_completion(req: GenerateRequest, checked: Checked) -> CompletionRequest:
+    manifest = checked.stored.manifest
+    return CompletionRequest(
+        sampling=checked.sampling,
+        prompt=req.prompt,
+        images=req.images,
+        system=req.system if req.system is not None else manifest.system,
+        template=req.template or manifest.template,
+        raw=req.raw,
+        context=req.context,
+        truncate=req.truncate is not False,
+        return_context=not req.raw,
+        format=checked.format,
+        logprobs=req.logprobs,
+        top_logprobs=req.top_logprobs,
+        think=req.think,
+    )
+
+
 async def generate(request: web.Request) -> web.StreamResponse:
     ctx = request.app[CONTEXT]
     started = time.perf_counter_ns()
     req: GenerateRequest = await read_body(request, generate_decoder)
-    checked = check_common(ctx, req, req.images)
+    checked = check_generate(ctx, req)
     stored, keep_alive, sampling = checked.stored, checked.keep_alive, checked.sampling
-    if req.raw and (req.template or req.system or req.context):
-        raise ApiError(400, "raw mode does not support template, system, or context")
-    if req.suffix:
-        raise ApiError(400, f"{stored.name.display} does not support insert")
 
     def make(event: TokenEvent | None, done: DoneEvent | None, total: int, load: int) -> Any:
         chunk = GenerateChunk(
@@ -167,22 +234,32 @@ async def generate(request: web.Request) -> web.StreamResponse:
             GenerateChunk(req.model, now_rfc3339(), "", True, done_reason=reason),
             dumps=_dumps,
         )
-    completion = CompletionRequest(
-        sampling=sampling,
-        prompt=req.prompt,
-        system=req.system if req.system is not None else stored.manifest.system,
-        template=req.template or stored.manifest.template,
-        raw=req.raw,
-        context=req.context,
+    completion = generate_completion(req, checked)
+    return await run_completion(
+        request, ctx, stored, completion, keep_alive, req.stream is not False, Ndjson(make), started
+    )
+
+
+def check_chat(ctx: Context, req: ChatRequest) -> Checked:
+    images = [image for m in req.messages for image in (m.images or [])]
+    checked = check_common(ctx, req, images)
+    stored = checked.stored
+    if req.tools and "tools" not in capabilities(stored.model_dir, stored.manifest.template):
+        raise ApiError(400, f'"{req.model}" does not support tools')
+    return checked
+
+
+def chat_completion(req: ChatRequest, checked: Checked) -> CompletionRequest:
+    return CompletionRequest(
+        sampling=checked.sampling,
+        messages=model_messages(checked.stored, req.messages),
+        template=checked.stored.manifest.template,
         truncate=req.truncate is not False,
-        return_context=not req.raw,
         format=checked.format,
         logprobs=req.logprobs,
         top_logprobs=req.top_logprobs,
+        tools=req.tools,
         think=req.think,
-    )
-    return await run_completion(
-        request, ctx, stored, completion, keep_alive, req.stream is not False, make, started
     )
 
 
@@ -190,11 +267,8 @@ async def chat(request: web.Request) -> web.StreamResponse:
     ctx = request.app[CONTEXT]
     started = time.perf_counter_ns()
     req: ChatRequest = await read_body(request, chat_decoder)
-    images = [image for m in req.messages for image in (m.images or [])]
-    checked = check_common(ctx, req, images)
+    checked = check_chat(ctx, req)
     stored, keep_alive, sampling = checked.stored, checked.keep_alive, checked.sampling
-    if req.tools and "tools" not in capabilities(stored.model_dir, stored.manifest.template):
-        raise ApiError(400, f'"{req.model}" does not support tools')
 
     def make(event: TokenEvent | None, done: DoneEvent | None, total: int, load: int) -> Any:
         message = OutMessage(
@@ -218,19 +292,9 @@ async def chat(request: web.Request) -> web.StreamResponse:
         return web.json_response(
             ChatChunk(req.model, now_rfc3339(), empty, True, done_reason=reason), dumps=_dumps
         )
-    completion = CompletionRequest(
-        sampling=sampling,
-        messages=model_messages(stored, req.messages),
-        template=stored.manifest.template,
-        truncate=req.truncate is not False,
-        format=checked.format,
-        logprobs=req.logprobs,
-        top_logprobs=req.top_logprobs,
-        tools=req.tools,
-        think=req.think,
-    )
+    completion = chat_completion(req, checked)
     return await run_completion(
-        request, ctx, stored, completion, keep_alive, req.stream is not False, make, started
+        request, ctx, stored, completion, keep_alive, req.stream is not False, Ndjson(make), started
     )
 
 
@@ -284,13 +348,13 @@ async def run_completion(
     completion: CompletionRequest,
     keep_alive: float | None,
     streaming: bool,
-    make: ChunkMaker,
+    dialect: Dialect,
     started: int,
 ) -> web.StreamResponse:
-    """The one generation path: lease a worker, stream its events as Ollama chunks.
+    """The one generation path: lease a worker, stream its events in the route's dialect.
 
     The first event is awaited before the response starts, so an error there gets a
-    real status code; later errors become a last `{"error": ...}` line.
+    real status code; later errors become the dialect's last error chunk.
     """
     estimate = _estimate(stored, completion.sampling.num_ctx)
     async with ctx.scheduler.use(stored, keep_alive, estimate) as lease:
@@ -299,34 +363,32 @@ async def run_completion(
         if isinstance(event, ErrorEvent):
             raise ApiError(event.status, event.error)
         if not streaming:
-            return await _collect(event, events, make, started, lease.load_duration)
-        response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+            return await _collect(event, events, dialect, started, lease.load_duration)
+        response = web.StreamResponse(headers={"Content-Type": dialect.content_type})
         await response.prepare(request)
-        buffer = bytearray()
         try:
             while True:
                 if isinstance(event, ErrorEvent):
-                    await _write_error(response, event.error)
+                    await response.write(dialect.error(event.error))
                     break
                 if isinstance(event, TokenEvent):
-                    chunk = make(event, None, 0, 0)
+                    data = dialect.token(event)
                 else:
                     total = time.perf_counter_ns() - started
-                    chunk = make(None, event, total, lease.load_duration)
-                encoder.encode_into(chunk, buffer)
-                buffer.extend(b"\n")
-                await response.write(bytes(buffer))
+                    data = dialect.done(event, total, lease.load_duration)
+                if data:
+                    await response.write(data)
                 if isinstance(event, DoneEvent):
                     break
                 event = await anext(events)
         except WorkerError as exc:
-            await _write_error(response, str(exc))
+            await response.write(dialect.error(str(exc)))
         await response.write_eof()
         return response
 
 
 async def _collect(
-    event: Any, events: Any, make: ChunkMaker, started: int, load: int
+    event: Any, events: Any, dialect: Dialect, started: int, load: int
 ) -> web.Response:
     """`"stream": false`: one JSON body with the whole text."""
     whole = TokenEvent(text="", token=-1, logprobs=[], tool_calls=[])
@@ -340,12 +402,8 @@ async def _collect(
         raise ApiError(event.status, event.error)
     whole.logprobs = whole.logprobs or None
     whole.tool_calls = whole.tool_calls or None
-    chunk = make(whole, event, time.perf_counter_ns() - started, load)
-    return web.Response(body=encoder.encode(chunk), content_type="application/json")
-
-
-async def _write_error(response: web.StreamResponse, message: str) -> None:
-    await response.write(encoder.encode({"error": message}) + b"\n")
+    body = dialect.whole(whole, event, time.perf_counter_ns() - started, load)
+    return web.Response(body=body, content_type="application/json")
 
 
 def add_routes(router: web.UrlDispatcher) -> None:

@@ -2,7 +2,8 @@
 
 Shares no code with `workers/` (no MLX): it reads the safetensors with `safetensors`,
 tokenises with `tokenizers`, runs one sentence at a time (no padding, no mask), mean-
-pools and L2-normalises as sentence-transformers' all-MiniLM-L6-v2 does.
+pools (mean, or CLS as `1_Pooling/config.json` says) and L2-normalises, as
+sentence-transformers does. RoBERTa-style models number positions from pad_token_id + 1.
 """
 
 from __future__ import annotations
@@ -34,12 +35,24 @@ def _gelu(x: np.ndarray) -> np.ndarray:
     return 0.5 * x * (1.0 + erf(x / math.sqrt(2.0)))
 
 
+def _unprefixed(key: str) -> str:
+    for prefix in ("bert.", "roberta."):
+        if key.startswith(prefix):
+            return key[len(prefix) :]
+    return key
+
+
 class ReferenceBert:
     def __init__(self, model_dir: Path) -> None:
         self.config = json.loads((model_dir / "config.json").read_text())
         self.w = {
-            k: v.astype(np.float64) for k, v in load_file(model_dir / "model.safetensors").items()
+            _unprefixed(k): v.astype(np.float64)
+            for k, v in load_file(model_dir / "model.safetensors").items()
         }
+        bert = self.config["model_type"] == "bert"
+        self.offset = 0 if bert else int(self.config["pad_token_id"]) + 1
+        pooling = json.loads((model_dir / "1_Pooling" / "config.json").read_text())
+        self.cls = bool(pooling.get("pooling_mode_cls_token"))
         self.tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
         self.tokenizer.no_padding()
         max_len = json.loads((model_dir / "sentence_bert_config.json").read_text())
@@ -57,7 +70,7 @@ class ReferenceBert:
         heads = int(c["num_attention_heads"])
         x = (
             w["embeddings.word_embeddings.weight"][ids]
-            + w["embeddings.position_embeddings.weight"][: len(ids)]
+            + w["embeddings.position_embeddings.weight"][self.offset : self.offset + len(ids)]
             + w["embeddings.token_type_embeddings.weight"][0]
         )
         x = _layer_norm(x, w["embeddings.LayerNorm.weight"], w["embeddings.LayerNorm.bias"], eps)
@@ -88,8 +101,9 @@ class ReferenceBert:
         return x
 
     def embed(self, text: str) -> np.ndarray:
-        """Mean-pooled, L2-normalised sentence vector (float64)."""
-        pooled = self.hidden(self.tokens(text)).mean(0)
+        """Pooled, L2-normalised sentence vector (float64)."""
+        hidden = self.hidden(self.tokens(text))
+        pooled = hidden[0] if self.cls else hidden.mean(0)
         return pooled / np.linalg.norm(pooled)
 
 

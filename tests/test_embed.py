@@ -220,3 +220,80 @@ def test_decoder_model_embeds_with_last_token_pooling(
         alone = client.embed(model="tiny", input=text).embeddings[0]
         np.testing.assert_allclose(vector, alone, atol=1e-4)
     assert cosine(batched[0], batched[1]) < 0.9999
+
+
+def _tiny_roberta(folder: Path) -> Path:
+    """A random xlm-roberta (positions from pad_token_id + 1, CLS pooling) on MiniLM's
+    tokenizer, with a `roberta.` prefix and a pooler the encoder must ignore."""
+    from safetensors.numpy import save_file
+
+    folder.mkdir(parents=True)
+    (folder / "tokenizer.json").write_bytes((minilm_dir() / "tokenizer.json").read_bytes())
+    hidden, inner, vocab, positions = 32, 64, 30522, 66
+    config = {
+        "model_type": "xlm-roberta",
+        "vocab_size": vocab,
+        "hidden_size": hidden,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "intermediate_size": inner,
+        "max_position_embeddings": positions,
+        "type_vocab_size": 1,
+        "layer_norm_eps": 1e-5,
+        "hidden_act": "gelu",
+        "pad_token_id": 1,
+    }
+    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "sentence_bert_config.json").write_text('{"max_seq_length": 64}')
+    (folder / "1_Pooling").mkdir()
+    (folder / "1_Pooling" / "config.json").write_text('{"pooling_mode_cls_token": true}')
+    rng = np.random.default_rng(0)
+    shapes = {
+        "embeddings.word_embeddings.weight": (vocab, hidden),
+        "embeddings.position_embeddings.weight": (positions, hidden),
+        "embeddings.token_type_embeddings.weight": (1, hidden),
+        "embeddings.LayerNorm.weight": (hidden,),
+        "embeddings.LayerNorm.bias": (hidden,),
+        "pooler.dense.weight": (hidden, hidden),
+    }
+    for i in range(2):
+        p = f"encoder.layer.{i}"
+        for name in ("query", "key", "value"):
+            shapes[f"{p}.attention.self.{name}.weight"] = (hidden, hidden)
+            shapes[f"{p}.attention.self.{name}.bias"] = (hidden,)
+        for name, (out, into) in {
+            "attention.output": (hidden, hidden),
+            "intermediate": (inner, hidden),
+            "output": (hidden, inner),
+        }.items():
+            shapes[f"{p}.{name}.dense.weight"] = (out, into)
+            shapes[f"{p}.{name}.dense.bias"] = (out,)
+        for name in ("attention.output", "output"):
+            shapes[f"{p}.{name}.LayerNorm.weight"] = (hidden,)
+            shapes[f"{p}.{name}.LayerNorm.bias"] = (hidden,)
+    weights = {
+        f"roberta.{k}": (rng.standard_normal(s) * 0.3).astype(np.float32) for k, s in shapes.items()
+    }
+    for key in weights:  # LayerNorms as initialised, so the output varies by token
+        if "LayerNorm" in key:
+            weights[key] = np.full_like(weights[key], 1.0 if key.endswith("weight") else 0.0)
+    save_file(weights, str(folder / "model.safetensors"))
+    return folder
+
+
+def test_xlm_roberta_encoder_matches_reference(tmp_path: Path) -> None:
+    """In-process: the worker's encoder on an xlm-roberta layout, CLS pooling, truncation."""
+    from ollmlx.protocol import EmbedRequest
+    from workers.embedding import Embedder
+
+    folder = _tiny_roberta(tmp_path / "roberta")
+    reference = ReferenceBert(folder)
+    embedder = Embedder.for_encoder(folder, json.loads((folder / "config.json").read_text()))
+    assert (embedder.pooling, embedder.max_tokens) == ("cls", 64)
+    texts = [*SENTENCES, " ".join(["token"] * 100)]
+    result = embedder.embed(EmbedRequest(inputs=texts))
+    rows = np.frombuffer(result.data, dtype="<f4").reshape(result.count, result.dimensions)
+    assert result.forward_passes == 1
+    assert result.prompt_eval_count == sum(len(reference.tokens(t)) for t in texts)
+    for text, row in zip(texts, rows, strict=True):
+        assert cosine(row, reference.embed(text)) > 0.99999

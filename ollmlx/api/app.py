@@ -109,7 +109,7 @@ async def errors_middleware(
 
 
 def create_app(settings: Settings) -> web.Application:
-    from . import models, native, openai, pull
+    from . import embed, models, native, openai, pull
     from .guards import add_cors_headers, make_guards
 
     app = web.Application(
@@ -146,5 +146,6 @@ def create_app(settings: Settings) -> web.Application:
     native.add_routes(app.router)
     models.add_routes(app.router)
     openai.add_routes(app.router)
+    embed.add_routes(app.router)
     pull.setup(app)
     return app

@@ -18,7 +18,7 @@ import pytest
 from tests.conftest import Server
 from tests.oracle import Oracle
 from tests.scriptedmodel import build_scripted_model
-from tests.test_structured import SCHEMAS
+from tests.test_structured import PERSON, SCHEMAS
 
 ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
 WEATHER_TOOL: dict[str, Any] = {
@@ -323,6 +323,11 @@ def test_reasoning_effort_none_turns_thinking_off(oai: openai.OpenAI, agent: str
     message = result.choices[0].message
     assert not message.model_extra
     assert message.content == "Let me check."
+    # The `reasoning` object says the same.
+    again = oai.chat.completions.create(
+        model=agent, messages=ASK, extra_body={"reasoning": {"effort": "none"}}
+    )
+    assert not again.choices[0].message.model_extra
 
 
 def test_bad_reasoning_values_are_400(oai: openai.OpenAI, agent: str) -> None:
@@ -490,6 +495,23 @@ def test_streamed_responses_send_the_event_sequence(oai: openai.OpenAI) -> None:
     assert done.type == "response.incomplete"
     assert done.response.output_text == whole.output_text
     assert done.response.usage is not None and done.response.usage.output_tokens == 8
+
+
+def test_responses_text_format_json_schema_validates(oai: openai.OpenAI) -> None:
+    text: Any = {"format": {"type": "json_schema", "name": "person", "schema": PERSON}}
+    for seed, stream in ((0, False), (1, True)):
+        kwargs: Any = {"temperature": 0.9, "max_output_tokens": 400, "text": text}
+        request = {"model": "tiny", "input": f"a person {seed}", **kwargs}
+        if stream:
+            events = list(oai.responses.create(**request, stream=True))
+            response = events[-1].response
+            deltas = [e.delta for e in events if e.type == "response.output_text.delta"]
+            assert "".join(deltas) == response.output_text
+        else:
+            response = oai.responses.create(**request)
+        assert response.status == "completed"
+        assert response.text.format.type == "json_schema"
+        jsonschema.validate(json.loads(response.output_text), PERSON)
 
 
 def test_responses_message_list_input(oai: openai.OpenAI, oracle: Oracle) -> None:

@@ -6,7 +6,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import msgspec
 from aiohttp import web
@@ -14,19 +14,18 @@ from aiohttp import web
 from .. import __version__
 from ..config import parse_duration
 from ..formats import check_format
-from ..modelinfo import capabilities, estimate_memory
+from ..modelinfo import capabilities
 from ..options import resolve_sampling
 from ..protocol import (
     CompletionRequest,
     DoneEvent,
-    ErrorEvent,
     Message,
     Sampling,
     TokenEvent,
 )
-from ..runner import WorkerError
 from ..store import StoredModel
 from .app import CONTEXT, ApiError, Context
+from .generation import memory_estimate, run_completion
 from .schemas import (
     ChatChunk,
     ChatRequest,
@@ -43,23 +42,6 @@ log = logging.getLogger("ollmlx.api")
 
 # Builds one Ollama chunk from (token event or None, final event or None, durations).
 ChunkMaker = Callable[[TokenEvent | None, DoneEvent | None, int, int], Any]
-
-
-class Dialect(Protocol):
-    """How one API dialect writes the worker's events: NDJSON for Ollama, SSE for OpenAI.
-
-    Each method returns the bytes to send; an empty result sends nothing.
-    """
-
-    content_type: str
-
-    def token(self, event: TokenEvent) -> bytes: ...
-
-    def done(self, event: DoneEvent, total: int, load: int) -> bytes: ...
-
-    def error(self, message: str) -> bytes: ...
-
-    def whole(self, event: TokenEvent, done: DoneEvent, total: int, load: int) -> bytes: ...
 
 
 class Ndjson:
@@ -315,12 +297,8 @@ async def load_or_unload(
     if keep_alive == 0:
         await ctx.scheduler.unload(stored.name.display)
         return "unload"
-    await ctx.scheduler.load(stored, keep_alive, _estimate(stored, num_ctx))
+    await ctx.scheduler.load(stored, keep_alive, memory_estimate(stored, num_ctx))
     return "load"
-
-
-def _estimate(stored: StoredModel, num_ctx: int) -> int:
-    return estimate_memory(stored.model_dir, stored.manifest.size, num_ctx)
 
 
 def _finish(chunk: Any, done: DoneEvent, total: int, load: int) -> Any:
@@ -339,71 +317,6 @@ def _finish(chunk: Any, done: DoneEvent, total: int, load: int) -> Any:
 
 def _dumps(obj: Any) -> str:
     return encoder.encode(obj).decode()
-
-
-async def run_completion(
-    request: web.Request,
-    ctx: Context,
-    stored: StoredModel,
-    completion: CompletionRequest,
-    keep_alive: float | None,
-    streaming: bool,
-    dialect: Dialect,
-    started: int,
-) -> web.StreamResponse:
-    """The one generation path: lease a worker, stream its events in the route's dialect.
-
-    The first event is awaited before the response starts, so an error there gets a
-    real status code; later errors become the dialect's last error chunk.
-    """
-    estimate = _estimate(stored, completion.sampling.num_ctx)
-    async with ctx.scheduler.use(stored, keep_alive, estimate) as lease:
-        events = aiter(lease.worker.stream(completion))
-        event = await anext(events)
-        if isinstance(event, ErrorEvent):
-            raise ApiError(event.status, event.error)
-        if not streaming:
-            return await _collect(event, events, dialect, started, lease.load_duration)
-        response = web.StreamResponse(headers={"Content-Type": dialect.content_type})
-        await response.prepare(request)
-        try:
-            while True:
-                if isinstance(event, ErrorEvent):
-                    await response.write(dialect.error(event.error))
-                    break
-                if isinstance(event, TokenEvent):
-                    data = dialect.token(event)
-                else:
-                    total = time.perf_counter_ns() - started
-                    data = dialect.done(event, total, lease.load_duration)
-                if data:
-                    await response.write(data)
-                if isinstance(event, DoneEvent):
-                    break
-                event = await anext(events)
-        except WorkerError as exc:
-            await response.write(dialect.error(str(exc)))
-        await response.write_eof()
-        return response
-
-
-async def _collect(
-    event: Any, events: Any, dialect: Dialect, started: int, load: int
-) -> web.Response:
-    """`"stream": false`: one JSON body with the whole text."""
-    whole = TokenEvent(text="", token=-1, logprobs=[], tool_calls=[])
-    while isinstance(event, TokenEvent):
-        whole.text += event.text
-        whole.thinking += event.thinking
-        whole.logprobs.extend(event.logprobs or ())  # type: ignore[union-attr]
-        whole.tool_calls.extend(event.tool_calls or ())  # type: ignore[union-attr]
-        event = await anext(events)
-    if isinstance(event, ErrorEvent):
-        raise ApiError(event.status, event.error)
-    whole.logprobs = whole.logprobs or None
-    whole.tool_calls = whole.tool_calls or None
-    body = dialect.whole(whole, event, time.perf_counter_ns() - started, load)
-    return web.Response(body=body, content_type="application/json")
 
 
 def add_routes(router: web.UrlDispatcher) -> None:

@@ -18,13 +18,13 @@ from aiohttp import web
 from ..protocol import DoneEvent, TokenEvent, TokenLogprob
 from ..store import StoredModel
 from .app import CONTEXT, ApiError, openai_error_body
+from .generation import run_completion
 from .native import (
     chat_completion,
     check_chat,
     check_generate,
     generate_completion,
     read_body,
-    run_completion,
 )
 from .openai_convert import chat_request, generate_request, require_model
 from .openai_schemas import (

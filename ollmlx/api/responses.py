@@ -15,7 +15,8 @@ from aiohttp import web
 
 from ..protocol import DoneEvent, Message, TokenEvent
 from .app import CONTEXT, ApiError
-from .native import chat_completion, check_chat, read_body, run_completion
+from .generation import run_completion
+from .native import chat_completion, check_chat, read_body
 from .openai import encoder, tool_call
 from .openai_convert import decode_image_url, require_model, think_value, tool_arguments
 from .openai_schemas import ResponsesRequest, responses_decoder

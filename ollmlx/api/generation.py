@@ -1,0 +1,104 @@
+"""The one generation path every dialect shares: lease a worker, stream its events.
+
+A route translates its request into one `CompletionRequest` and picks a `Dialect`: how
+the worker's events are written (NDJSON for Ollama, SSE for OpenAI).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Protocol
+
+from aiohttp import web
+
+from ..modelinfo import estimate_memory
+from ..protocol import CompletionRequest, DoneEvent, ErrorEvent, TokenEvent
+from ..runner import WorkerError
+from ..store import StoredModel
+from .app import ApiError, Context
+
+
+class Dialect(Protocol):
+    """How one API dialect writes the worker's events: NDJSON for Ollama, SSE for OpenAI.
+
+    Each method returns the bytes to send; an empty result sends nothing.
+    """
+
+    content_type: str
+
+    def token(self, event: TokenEvent) -> bytes: ...
+
+    def done(self, event: DoneEvent, total: int, load: int) -> bytes: ...
+
+    def error(self, message: str) -> bytes: ...
+
+    def whole(self, event: TokenEvent, done: DoneEvent, total: int, load: int) -> bytes: ...
+
+
+def memory_estimate(stored: StoredModel, num_ctx: int) -> int:
+    return estimate_memory(stored.model_dir, stored.manifest.size, num_ctx)
+
+
+async def run_completion(
+    request: web.Request,
+    ctx: Context,
+    stored: StoredModel,
+    completion: CompletionRequest,
+    keep_alive: float | None,
+    streaming: bool,
+    dialect: Dialect,
+    started: int,
+) -> web.StreamResponse:
+    """The one generation path: lease a worker, stream its events in the route's dialect.
+
+    The first event is awaited before the response starts, so an error there gets a
+    real status code; later errors become the dialect's last error chunk.
+    """
+    estimate = memory_estimate(stored, completion.sampling.num_ctx)
+    async with ctx.scheduler.use(stored, keep_alive, estimate) as lease:
+        events = aiter(lease.worker.stream(completion))
+        event = await anext(events)
+        if isinstance(event, ErrorEvent):
+            raise ApiError(event.status, event.error)
+        if not streaming:
+            return await _collect(event, events, dialect, started, lease.load_duration)
+        response = web.StreamResponse(headers={"Content-Type": dialect.content_type})
+        await response.prepare(request)
+        try:
+            while True:
+                if isinstance(event, ErrorEvent):
+                    await response.write(dialect.error(event.error))
+                    break
+                if isinstance(event, TokenEvent):
+                    data = dialect.token(event)
+                else:
+                    total = time.perf_counter_ns() - started
+                    data = dialect.done(event, total, lease.load_duration)
+                if data:
+                    await response.write(data)
+                if isinstance(event, DoneEvent):
+                    break
+                event = await anext(events)
+        except WorkerError as exc:
+            await response.write(dialect.error(str(exc)))
+        await response.write_eof()
+        return response
+
+
+async def _collect(
+    event: Any, events: Any, dialect: Dialect, started: int, load: int
+) -> web.Response:
+    """`"stream": false`: one JSON body with the whole text."""
+    whole = TokenEvent(text="", token=-1, logprobs=[], tool_calls=[])
+    while isinstance(event, TokenEvent):
+        whole.text += event.text
+        whole.thinking += event.thinking
+        whole.logprobs.extend(event.logprobs or ())  # type: ignore[union-attr]
+        whole.tool_calls.extend(event.tool_calls or ())  # type: ignore[union-attr]
+        event = await anext(events)
+    if isinstance(event, ErrorEvent):
+        raise ApiError(event.status, event.error)
+    whole.logprobs = whole.logprobs or None
+    whole.tool_calls = whole.tool_calls or None
+    body = dialect.whole(whole, event, time.perf_counter_ns() - started, load)
+    return web.Response(body=body, content_type="application/json")

@@ -154,6 +154,9 @@ def check_common(
         raise ApiError(400, "top_logprobs must be between 0 and 20")
     stored = find_model(ctx, req.model)
     keep_alive = parse_keep_alive(req.keep_alive)
+    if "completion" not in capabilities(stored.model_dir, stored.manifest.template):
+        verb = "chat" if isinstance(req, ChatRequest) else "generate"
+        raise ApiError(400, f'"{req.model}" does not support {verb}')  # embedding-only
     check_think(req.model, stored, req.think)
     check_images(req.model, stored, images)
     return Checked(

@@ -18,8 +18,8 @@ EMBEDDING_TYPES = frozenset({"bert", "xlm-roberta", "xlm_roberta", "modernbert",
 _NOT_MODELS = frozenset({"base", "cache", "rope_utils", "switch_layers", "activations"})
 
 
-def _mlx_lm_dir() -> Path | None:
-    spec = util.find_spec("mlx_lm")
+def _package_dir(package: str = "mlx_lm") -> Path | None:
+    spec = util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
         return None
     return Path(next(iter(spec.submodule_search_locations)))
@@ -41,7 +41,7 @@ def _remapping(utils_py: Path) -> dict[str, str]:
 
 @functools.cache
 def supported_model_types() -> frozenset[str]:
-    root = _mlx_lm_dir()
+    root = _package_dir()
     if root is None:
         return frozenset()
     modules = {p.stem for p in (root / "models").glob("*.py") if not p.stem.startswith("_")}
@@ -50,11 +50,30 @@ def supported_model_types() -> frozenset[str]:
     return frozenset(modules | remapped)
 
 
+@functools.cache
+def vision_model_types() -> frozenset[str]:
+    """Model types of the installed mlx-vlm (optional: empty without it), from its files."""
+    root = _package_dir("mlx_vlm")
+    if root is None:
+        return frozenset()
+    modules = {p.name for p in (root / "models").iterdir() if (p / "__init__.py").is_file()}
+    remapped = {k for k, v in _remapping(root / "utils.py").items() if v in modules}
+    return frozenset(modules | remapped)
+
+
+def runs_with_mlx_vlm(config: dict[str, Any]) -> bool:
+    """A vision model (it has a vision_config) of a type the installed mlx-vlm runs."""
+    model_type = str(config.get("model_type") or "").lower()
+    return "vision_config" in config and model_type in vision_model_types()
+
+
 def unsupported_reason(config: dict[str, Any]) -> str | None:
     """Why a model with this config cannot run, or None when it can."""
     model_type = str(config.get("model_type") or "")
     if not model_type:
         return "config.json has no model_type"
     if model_type in EMBEDDING_TYPES or model_type in supported_model_types():
+        return None
+    if runs_with_mlx_vlm(config):
         return None
     return f"unsupported architecture {model_type!r}: mlx-lm has no model of this type"

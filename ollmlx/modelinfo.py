@@ -9,6 +9,8 @@ from typing import Any
 
 import msgspec
 
+from .architectures import runs_with_mlx_vlm
+
 WEIGHT_GLOB = "*.safetensors"
 
 
@@ -145,6 +147,6 @@ def capabilities(model_dir: Path, template: str | None = None) -> list[str]:
         found.append("tools")
     if "<think>" in text:
         found.append("thinking")
-    if "vision_config" in config:
+    if runs_with_mlx_vlm(config):  # images need mlx-vlm (the `vision` extra)
         found.append("vision")
     return found

@@ -47,6 +47,8 @@ class CompletionRequest(msgspec.Struct, omit_defaults=True):
     sampling: Sampling = msgspec.field(default_factory=Sampling)
     messages: list[Message] | None = None
     prompt: str | None = None
+    # /api/generate's images (base64), for its one user turn; chat images are per message.
+    images: list[str] | None = None
     system: str | None = None
     # A Jinja chat template overriding the tokenizer's (Modelfile TEMPLATE / request).
     template: str | None = None

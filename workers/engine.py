@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ollmlx.architectures import runs_with_mlx_vlm
 from ollmlx.protocol import CompletionRequest, EmbedRequest, EmbedResponse, ErrorEvent, WorkerEvent
 
 from .prompts import PromptError, build_prompt
@@ -61,6 +62,7 @@ class Engine:
         self._batch: Any = None  # batching.BatchRunner, made on the engine thread
         self._embedder: Any = None  # embedding.Embedder: at load (encoders) or first use
         self.generative = True  # False for encoder-only (embedding) models
+        self.vision = False  # True: mlx-vlm model and processor, see vision.py
 
     def start(self) -> None:
         self._thread.start()
@@ -83,7 +85,11 @@ class Engine:
         _announce("ok")
         from .batching import BatchRunner
 
-        if self.generative:
+        if self.vision:
+            from .vision import VisionRunner
+
+            self._batch = VisionRunner(self.model, self.tokenizer)
+        elif self.generative:
             self._batch = BatchRunner(self.model, self.tokenizer, self.prompt_cache_bytes)
         while True:
             # Idle: wait for work. Busy: take what has arrived and keep decoding.
@@ -116,7 +122,10 @@ class Engine:
             return
         try:
             options = job.request.sampling
-            prompt = build_prompt(self.tokenizer, job.request)
+            if self.vision:  # the processor tokenizes text and images together
+                prompt = self._batch.prepare(job.request)
+            else:
+                prompt = build_prompt(self.tokenizer, job.request)
             room = options.num_ctx - len(prompt)
             max_tokens = room if options.num_predict < 0 else min(options.num_predict, room)
             self._check_memory(len(prompt) + max(max_tokens, 0))
@@ -138,7 +147,12 @@ class Engine:
 
         config = json.loads((self.model_dir / "config.json").read_text())
         adapter = str(self.adapter_dir) if self.adapter_dir else None
-        if config.get("model_type") in ENCODER_TYPES:
+        if runs_with_mlx_vlm(config):
+            from . import vision
+
+            self.vision = True
+            self.model, self.tokenizer = vision.load(self.model_dir, self.adapter_dir)
+        elif config.get("model_type") in ENCODER_TYPES:
             self.generative = False
             self._embedder = Embedder.for_encoder(self.model_dir, config)
             self.model = self._embedder.forward
@@ -148,7 +162,9 @@ class Engine:
         self.memory_bytes = max(int(mx.get_active_memory()), int(weights))
         args = getattr(self.model, "args", None)
         self.context_length = int(getattr(args, "max_position_embeddings", 0) or 0)
-        if self.generative:
+        if self.vision:
+            self.context_length, self._kv_bytes_per_token = vision.sizes(self.model)
+        elif self.generative:
             self._kv_bytes_per_token = _kv_bytes_per_token(self.model)
         else:
             self.context_length = self._embedder.max_tokens

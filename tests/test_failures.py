@@ -141,3 +141,30 @@ def test_worker_dying_at_start_reports_its_stderr(tmp_path: Path, tiny_model_dir
         assert server.log().count("spawned worker") == 1
     finally:
         server.stop()
+
+
+def test_worker_killed_mid_openai_stream_raises_in_the_client(fresh_server: Server) -> None:
+    import openai
+
+    with fresh_server.client() as client:
+        client.generate(model="tiny", prompt="")
+    (worker,) = fresh_server.workers()
+    oai = openai.OpenAI(base_url=fresh_server.url + "/v1", api_key="ollmlx", max_retries=0)
+    stream = oai.chat.completions.create(
+        model="tiny",
+        messages=[{"role": "user", "content": "long"}],
+        max_tokens=3000,
+        temperature=0,
+        stream=True,
+    )
+    chunks = iter(stream)
+    next(chunks)
+    os.kill(worker.pid, signal.SIGKILL)
+    with pytest.raises(openai.APIError, match="model runner has unexpectedly stopped"):
+        for _ in chunks:
+            pass
+    assert wait_for(lambda: not fresh_server.workers())
+    answer = oai.chat.completions.create(
+        model="tiny", messages=[{"role": "user", "content": "again"}], max_tokens=3
+    )
+    assert answer.usage is not None and answer.usage.completion_tokens == 3

@@ -12,18 +12,14 @@ import logging
 import sys
 import time
 from array import array
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
 from aiohttp import web
 
 from ..modelinfo import estimate_memory
-from ..names import InvalidName
-from ..options import OptionError, resolve_sampling
+from ..options import resolve_sampling
 from ..protocol import EmbedRequest, EmbedResponse
-from ..runner import WorkerError
-from ..scheduler import QueueFull
 from ..store import StoredModel
 from .app import CONTEXT, ApiError, Context
 from .native import find_model, parse_keep_alive, read_body
@@ -174,32 +170,6 @@ async def embeddings(request: web.Request) -> web.Response:
 
 # -- OpenAI --------------------------------------------------------------------------
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def openai_error(status: int, message: str) -> web.Response:
-    kind = {400: "invalid_request_error", 404: "not_found_error"}.get(status, "api_error")
-    error = {"message": message, "type": kind, "param": None, "code": None}
-    return web.json_response({"error": error}, status=status)
-
-
-def openai_errors(handler: Handler) -> Handler:
-    """Errors in OpenAI's shape: `{"error": {"message", "type", "param", "code"}}`."""
-
-    async def wrapped(request: web.Request) -> web.StreamResponse:
-        try:
-            return await handler(request)
-        except ApiError as exc:
-            return openai_error(exc.status, exc.message)
-        except (OptionError, msgspec.ValidationError, msgspec.DecodeError, InvalidName) as exc:
-            return openai_error(400, str(exc))
-        except QueueFull as exc:
-            return openai_error(503, str(exc))
-        except WorkerError as exc:
-            return openai_error(exc.status, str(exc))
-
-    return wrapped
-
 
 async def openai_embeddings(request: web.Request) -> web.Response:
     """POST /v1/embeddings: `encoding_format` float (default) or base64 float32."""
@@ -233,4 +203,4 @@ async def openai_embeddings(request: web.Request) -> web.Response:
 def add_routes(router: web.UrlDispatcher) -> None:
     router.add_post("/api/embed", embed)
     router.add_post("/api/embeddings", embeddings)
-    router.add_post("/v1/embeddings", openai_errors(openai_embeddings))
+    router.add_post("/v1/embeddings", openai_embeddings)  # errors: OpenAI shape (app.py)

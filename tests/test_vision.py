@@ -267,3 +267,35 @@ def test_bad_image_data_is_400(vision_server: Server) -> None:
         )
         assert response.status_code == 400, response.text
         assert response.json()["error"].startswith(error)
+
+
+def test_openai_image_parts_answer_as_native_images(
+    vision_server: Server, vclient: ollama.Client
+) -> None:
+    import openai
+
+    oai = openai.OpenAI(base_url=vision_server.url + "/v1", api_key="ollmlx")
+    data_url = "data:image/png;base64," + base64.b64encode(RED).decode()
+    reply = oai.chat.completions.create(
+        model=MODEL,
+        messages=[
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "What is in this picture?"},
+                    {"type": "image_url", "image_url": {"url": data_url}},
+                ],
+            }
+        ],
+        temperature=0,
+        max_tokens=12,
+    )
+    native = vclient.chat(
+        model=MODEL,
+        messages=[{"role": "user", "content": "What is in this picture?", "images": [RED]}],
+        options=GREEDY,
+    )
+    assert reply.choices[0].message.content == native.message.content
+    assert reply.usage is not None
+    assert reply.usage.prompt_tokens == native.prompt_eval_count
+    assert reply.choices[0].finish_reason == "length"

@@ -5,7 +5,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install run test lint bench tiny-model clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test]'

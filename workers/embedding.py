@@ -1,9 +1,10 @@
 """Sentence embeddings: tokenise, batch, run the model, pool, normalise.
 
-Encoders (BERT family, `bert.py`) pool as their sentence-transformers config says
-(`1_Pooling/config.json`: mean or CLS); decoders (any mlx-lm model, Qwen3-Embedding)
-pool the last token's final hidden state. Inputs are sorted by length and run in
-padded batches, so N inputs cost a few forward passes, not N. Engine thread only.
+Encoders (`encoders/`: BERT family, nomic-bert, ModernBERT) pool as their
+sentence-transformers config says (`1_Pooling/config.json`: mean or CLS); decoders (any
+mlx-lm model, Qwen3-Embedding) pool the last token's final hidden state. Inputs are sorted
+by length and run in padded batches, so N inputs cost a few forward passes, not N. Engine
+thread only.
 """
 
 from __future__ import annotations
@@ -111,11 +112,11 @@ class Embedder:
 
     @classmethod
     def for_encoder(cls, model_dir: Path, config: dict[str, Any]) -> Embedder:
-        from .bert import load_bert
+        from .encoders import load_encoder
 
-        model = load_bert(model_dir, config)
+        model = load_encoder(model_dir, config)
         pooling, normalize = _sentence_transformers(model_dir)
-        limit = model.config.max_tokens
+        limit = int(model.max_tokens)
         limit = min(limit, _max_seq_length(model_dir) or limit)
         pad = int(config.get("pad_token_id", 0) or 0)
         return cls(_fast_tokenizer(model_dir), model, limit, pooling, normalize, pad)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ollmlx.architectures import runs_with_mlx_vlm
+from ollmlx.architectures import ENCODER_TYPES, runs_with_mlx_vlm
 from ollmlx.protocol import CompletionRequest, EmbedRequest, EmbedResponse, ErrorEvent, WorkerEvent
 
 from .prompts import PromptError, build_prompt
@@ -142,7 +142,6 @@ class Engine:
         from mlx.utils import tree_flatten
         from mlx_lm import load
 
-        from .bert import ENCODER_TYPES
         from .embedding import Embedder
 
         config = json.loads((self.model_dir / "config.json").read_text())

@@ -2,23 +2,21 @@
 
 Only what sentence embeddings need: token + position + type embeddings, post-LayerNorm
 encoder layers with a padding mask, and the final hidden states. Pooling lives in
-`embedding.py`. Weight names follow Hugging Face's, so a checkpoint loads as it is.
-Call everything here from the engine thread only (Metal streams are thread-local).
+`workers/embedding.py`. Weight names follow Hugging Face's, so a checkpoint loads as it
+is. Call everything here from the engine thread only (Metal streams are thread-local).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import mlx.core as mx
 import mlx.nn as nn
 
-# model_type -> position id offset. RoBERTa-style models number positions from
-# pad_token_id + 1 (Hugging Face's create_position_ids_from_input_ids).
-ENCODER_TYPES = ("bert", "roberta", "xlm-roberta", "xlm_roberta")
+from .common import activation, strip_prefix
+
 _PREFIXES = ("bert.", "roberta.", "model.")
 
 
@@ -38,6 +36,8 @@ class BertConfig:
     @classmethod
     def from_dict(cls, config: dict[str, Any]) -> BertConfig:
         model_type = str(config.get("model_type", "bert"))
+        # RoBERTa-style models number positions from pad_token_id + 1 (Hugging Face's
+        # create_position_ids_from_input_ids).
         offset = 0
         if model_type != "bert":
             offset = int(config.get("pad_token_id", 1) or 0) + 1
@@ -58,14 +58,6 @@ class BertConfig:
     def max_tokens(self) -> int:
         """The longest input the position table can hold."""
         return self.max_position_embeddings - self.position_offset
-
-
-def _activation(name: str) -> Any:
-    if name in ("gelu_new", "gelu_pytorch_tanh", "gelu_fast"):
-        return nn.gelu_approx
-    if name == "relu":
-        return nn.relu
-    return nn.gelu  # "gelu": the exact (erf) form BERT was trained with
 
 
 class Embeddings(nn.Module):
@@ -135,7 +127,7 @@ class Intermediate(nn.Module):
     def __init__(self, config: BertConfig) -> None:
         super().__init__()
         self.dense = nn.Linear(config.hidden_size, config.intermediate_size)
-        self.act = _activation(config.hidden_act)
+        self.act = activation(config.hidden_act)
 
     def __call__(self, x: mx.array) -> mx.array:
         return self.act(self.dense(x))
@@ -163,6 +155,7 @@ class BertModel(nn.Module):
     def __init__(self, config: BertConfig) -> None:
         super().__init__()
         self.config = config
+        self.max_tokens = config.max_tokens
         self.embeddings = Embeddings(config)
         self.encoder = Encoder(config)
 
@@ -176,33 +169,13 @@ class BertModel(nn.Module):
         return x
 
 
-def _rename(key: str) -> str | None:
+def build(config: dict[str, Any]) -> BertModel:
+    return BertModel(BertConfig.from_dict(config))
+
+
+def rename(key: str) -> str | None:
     """A checkpoint key as our module tree names it; None for what we do not use."""
-    for prefix in _PREFIXES:
-        if key.startswith(prefix):
-            key = key[len(prefix) :]
-            break
+    key = strip_prefix(key, _PREFIXES)
     if key.startswith(("pooler.", "cls.", "lm_head.")) or key.endswith("position_ids"):
         return None  # classification heads and HF buffers
     return key.replace(".attention.self.", ".attention.attn.")
-
-
-def load_bert(model_dir: Path, config: dict[str, Any]) -> BertModel:
-    """The encoder with its weights loaded and evaluated (so loading errors show here)."""
-    from mlx.utils import tree_flatten
-
-    model = BertModel(BertConfig.from_dict(config))
-    expected = dict(tree_flatten(model.parameters()))
-    weights: dict[str, mx.array] = {}
-    for path in sorted(model_dir.glob("*.safetensors")):
-        for key, value in mx.load(str(path)).items():  # type: ignore[union-attr]
-            name = _rename(key)
-            if name is not None and name in expected:
-                weights[name] = value
-    missing = sorted(set(expected) - set(weights))
-    if missing:
-        raise ValueError(f"{model_dir} lacks encoder weights: {', '.join(missing[:5])}")
-    model.load_weights(list(weights.items()))
-    model.eval()
-    mx.eval(model.parameters())
-    return model

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Server, start_server
+from tests.conftest import Server, start_server, wait_for
 
 GREEDY = {"temperature": 0, "num_predict": 16}
 
@@ -72,13 +72,19 @@ def test_cache_stays_within_its_byte_bound(tmp_path: Path, tiny_model_dir: Path)
             client.create(model="tiny", from_=str(tiny_model_dir))
             for i in range(12):
                 client.generate(model="tiny", prompt=f"{i} " + "filler " * 40, options=GREEDY)
-        sizes = [
-            (int(m.group(1)), int(m.group(2)))
-            for m in re.finditer(
-                r"prompt cache: \d+ entries, (\d+) bytes \(limit (\d+)\)", server.log()
-            )
-        ]
-        assert len(sizes) == 12
+
+        def logged() -> list[tuple[int, int]]:
+            return [
+                (int(m.group(1)), int(m.group(2)))
+                for m in re.finditer(
+                    r"prompt cache: \d+ entries, (\d+) bytes \(limit (\d+)\)", server.log()
+                )
+            ]
+
+        # The worker files a finished request's cache after its answer went out, and its
+        # log reaches the server's through a pipe: wait for the twelfth line.
+        assert wait_for(lambda: len(logged()) == 12)
+        sizes = logged()
         assert all(size <= limit == 96 * 1024 for size, limit in sizes)
         assert max(size for size, _ in sizes) > 48 * 1024  # it was used, not just empty
     finally:

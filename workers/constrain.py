@@ -44,6 +44,9 @@ class GrammarProcessor:
         self._bits = mx.arange(32, dtype=mx.uint32)
 
     def __call__(self, tokens: mx.array, logits: mx.array) -> mx.array:
+        # Start this step's forward pass now, so that it runs while the matcher works out
+        # the mask on the CPU below instead of after it.
+        mx.async_eval(logits)
         if self._prompt_length is None:
             self._prompt_length = len(tokens)  # the first call sees the prompt only
         # Reading the new tokens waits for them: constrained steps cannot run ahead.

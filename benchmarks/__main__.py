@@ -23,7 +23,9 @@ from .measures import Plan, Result, measure
 from .systems import InProcess, MlxLmServer, Ollmlx, System
 
 RESULTS = Path(__file__).resolve().parent / "results"
-QUICK = Plan(decode_tokens=32, ttft_samples=6, concurrency=(1, 4, 8), stream_tokens=16, warmups=1)
+QUICK = Plan(
+    decode_tokens=32, ttft_samples=6, concurrency=(1, 4, 8), stream_tokens=16, warmups=1, repeats=1
+)
 SIZES = {"tiny": 0, "100m": 100_000_000}
 
 

@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import random
+import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .systems import Messages, Ollmlx, System
+
+# Constrained decoding is measured on answers this schema forces to be long: a random
+# model would otherwise close the JSON after a few tokens.
+LONG_JSON = {
+    "type": "array",
+    "items": {"type": "string", "maxLength": 6},
+    "minItems": 200,
+}
 
 WORDS = """the a small large quick slow bright dark old new cat dog bird river mountain city
 garden forest ocean teacher student engineer robot window morning evening runs walks reads
@@ -19,18 +28,23 @@ with without because while""".split()
 class Plan:
     """How much to measure: modest counts keep a full run near ten minutes on 2 cores."""
 
-    decode_tokens: int = 64
+    decode_tokens: int = 128
     ttft_samples: int = 12
     concurrency: tuple[int, ...] = (1, 4, 8, 16)
-    stream_tokens: int = 24
+    # Long enough that decoding, not the prefill of the first step, sets the rate.
+    stream_tokens: int = 64
     history_tokens: int = 1000
     warmups: int = 2
+    # Throughput figures are medians of this many runs: on a shared machine one run can
+    # be tens of percent off, which swamps the differences being measured.
+    repeats: int = 3
 
 
 @dataclass
 class Result:
     system: str
     decode_tps: float = 0.0
+    constrained_decode_tps: float = 0.0  # ollmlx only: with a JSON Schema `format`
     ttft: list[float] = field(default_factory=list)
     aggregate_tps: dict[int, float] = field(default_factory=dict)
     supervisor_cpu_per_token: dict[int, float] = field(default_factory=dict)
@@ -52,6 +66,7 @@ class Result:
         return {
             "system": self.system,
             "decode_tps": self.decode_tps,
+            "constrained_decode_tps": self.constrained_decode_tps,
             "ttft_s": self.ttft,
             "ttft_p50_s": self.ttft_p50,
             "ttft_p95_s": self.ttft_p95,
@@ -101,24 +116,41 @@ def measure(system: System, model_dir: Path, plan: Plan, seed: int) -> Result:
         base = seed * 1000
         for i in range(plan.warmups):
             system.stream(prompt(base + i), 8)
-        result.decode_tps = system.stream(prompt(base + 10), plan.decode_tokens).decode_tps
+        result.decode_tps = statistics.median(
+            system.stream(prompt(base + 10 + r), plan.decode_tokens).decode_tps
+            for r in range(plan.repeats)
+        )
+        if isinstance(system, Ollmlx):
+            system.stream(prompt(base + 39), 8, LONG_JSON)  # builds the grammar tokenizer once
+            result.constrained_decode_tps = statistics.median(
+                system.stream(prompt(base + 40 + r), plan.decode_tokens, LONG_JSON).decode_tps
+                for r in range(plan.repeats)
+            )
         samples = range(plan.ttft_samples)
         result.ttft = [system.stream(prompt(base + 20 + i), 1).ttft for i in samples]
         for n in plan.concurrency:
-            prompts = [prompt(base + 100 * n + i) for i in range(n)]
-            cpu_before = system.supervisor_cpu()
-            wall, tokens = system.concurrent(prompts, plan.stream_tokens)
-            result.aggregate_tps[n] = tokens / wall
-            cpu_after = system.supervisor_cpu()
-            if cpu_before is not None and cpu_after is not None and tokens:
-                result.supervisor_cpu_per_token[n] = (cpu_after - cpu_before) / tokens
+            rates, cpu, tokens = [], 0.0, 0
+            for r in range(plan.repeats):
+                prompts = [prompt(base + 10_000 * r + 100 * n + i) for i in range(n)]
+                cpu_before = system.supervisor_cpu()
+                wall, count = system.concurrent(prompts, plan.stream_tokens)
+                cpu_after = system.supervisor_cpu()
+                rates.append(count / wall)
+                tokens += count
+                if cpu_before is not None and cpu_after is not None:
+                    cpu += cpu_after - cpu_before
+            result.aggregate_tps[n] = statistics.median(rates)
+            if system.supervisor_cpu() is not None and tokens:
+                result.supervisor_cpu_per_token[n] = cpu / tokens
         result.cold_turn_ttft, result.second_turn_ttft = system.chat_turns(
             history(plan.history_tokens, seed), ("What next?", "And then?"), 8
         )
         result.peak_memory = system.peak_memory()
         if isinstance(system, Ollmlx):
             result.supervisor_rss = system.supervisor_rss()
-        result.cold_start = system.cold_start(model_dir, prompt(base + 999))
+        result.cold_start = statistics.median(
+            system.cold_start(model_dir, prompt(base + 990 + r)) for r in range(plan.repeats)
+        )
         if not result.peak_memory:  # in-process: known only after the cold-start child
             result.peak_memory = system.peak_memory()
     finally:

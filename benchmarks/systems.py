@@ -208,10 +208,12 @@ class Ollmlx(System):
         self.client = ollama.Client(host=f"http://127.0.0.1:{self.port}")
         self.client.create(model=self.model, from_=str(model_dir))
 
-    def stream(self, messages: Messages, max_tokens: int) -> Stream:
+    def stream(self, messages: Messages, max_tokens: int, fmt: Any = None) -> Stream:
+        """`fmt`: a JSON Schema to constrain the answer to (the constrained-decoding figure)."""
         options = {"temperature": 0, "repeat_penalty": 1.0, "num_predict": max_tokens}
         started, ttft, tokens, text = time.perf_counter(), 0.0, 0, []
-        for chunk in self.client.chat(self.model, messages, stream=True, options=options):
+        chunks = self.client.chat(self.model, messages, stream=True, options=options, format=fmt)
+        for chunk in chunks:
             if not chunk.done:
                 ttft = ttft or time.perf_counter() - started
                 text.append(chunk.message.content or "")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import random
 import statistics
+import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,8 @@ LONG_JSON = {
     "items": {"type": "string", "maxLength": 6},
     "minItems": 200,
 }
+
+QUESTION = {"role": "user", "content": "What next?"}
 
 WORDS = """the a small large quick slow bright dark old new cat dog bird river mountain city
 garden forest ocean teacher student engineer robot window morning evening runs walks reads
@@ -49,6 +53,10 @@ class Result:
     aggregate_tps: dict[int, float] = field(default_factory=dict)
     supervisor_cpu_per_token: dict[int, float] = field(default_factory=dict)
     cold_turn_ttft: float = 0.0
+    # A stream running while a long prompt joins: its longest wait for a token, and the
+    # joining prompt's TTFT (servers only). Chunked prefill keeps the first well below.
+    join_stall: float = 0.0
+    join_ttft: float = 0.0
     second_turn_ttft: float = 0.0
     cold_start: float = 0.0
     peak_memory: int = 0
@@ -73,6 +81,8 @@ class Result:
             "aggregate_tps": self.aggregate_tps,
             "supervisor_cpu_s_per_token": self.supervisor_cpu_per_token,
             "cold_turn_ttft_s": self.cold_turn_ttft,
+            "join_stall_s": self.join_stall,
+            "join_ttft_s": self.join_ttft,
             "second_turn_ttft_s": self.second_turn_ttft,
             "cold_start_s": self.cold_start,
             "peak_memory_bytes": self.peak_memory,
@@ -145,6 +155,7 @@ def measure(system: System, model_dir: Path, plan: Plan, seed: int) -> Result:
         result.cold_turn_ttft, result.second_turn_ttft = system.chat_turns(
             history(plan.history_tokens, seed), ("What next?", "And then?"), 8
         )
+        result.join_stall, result.join_ttft = stall_during_join(system, plan, seed)
         result.peak_memory = system.peak_memory()
         if isinstance(system, Ollmlx):
             result.supervisor_rss = system.supervisor_rss()
@@ -156,3 +167,29 @@ def measure(system: System, model_dir: Path, plan: Plan, seed: int) -> Result:
     finally:
         system.stop()
     return result
+
+
+def stall_during_join(system: System, plan: Plan, seed: int) -> tuple[float, float]:
+    """(longest gap between a running stream's tokens, TTFT of the joining request) while
+    a request with a 2x-history-length prompt joins. (0, 0) for in-process."""
+    until, times = threading.Event(), []
+
+    def run() -> None:
+        # Longer than the joining prefill lasts; the stream is left once that is timed.
+        system.token_times(prompt(seed * 1000 + 500), 3000, until, times)
+
+    runner = threading.Thread(target=run)
+    runner.start()
+    deadline = time.monotonic() + 120
+    while len(times) < 3 and runner.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.01)  # wait for the running stream's first tokens
+    if not runner.is_alive():  # in-process: no server to run two requests at once
+        runner.join()
+        return 0.0, 0.0
+    joined = time.perf_counter()
+    ttft = system.stream([*history(2 * plan.history_tokens, seed + 77), QUESTION], 1).ttft
+    until.set()
+    runner.join()
+    window = [t for t in times if t >= joined]
+    gaps = [b - a for a, b in zip([joined, *window], window, strict=False)]
+    return max(gaps, default=0.0), ttft

@@ -33,6 +33,8 @@ def rows(levels: tuple[int, ...]) -> list[Row]:
         ("TTFT cold turn (1k history)", lambda r: r.cold_turn_ttft * 1e3, "ms"),
         ("TTFT second turn", lambda r: r.second_turn_ttft * 1e3, "ms"),
         ("second / cold turn", _turn_ratio, "%"),
+        ("longest stall while 2k prompt joins", lambda r: r.join_stall * 1e3 or None, "ms"),
+        ("TTFT of the joining 2k prompt", lambda r: r.join_ttft * 1e3 or None, "ms"),
         ("cold start to first token", lambda r: r.cold_start * 1e3, "ms"),
         ("supervisor CPU per token", _cpu_per_token, "ms"),
         ("peak memory (model procs)", lambda r: r.peak_memory / 2**20, "MiB"),
@@ -100,6 +102,9 @@ def targets(results: list[Result]) -> list[tuple[str, bool, str]]:
     turn = _turn_ratio(ours)
     if turn is not None:
         out.append(("second-turn TTFT <= 25% of cold", turn <= 25, f"{turn:.0f}%"))
+    if ours.join_ttft:
+        share = ours.join_stall / ours.join_ttft
+        out.append(("a 2k prefill stalls running streams < 50% of it", share < 0.5, f"{share:.0%}"))
     cold = (ours.cold_start - base.cold_start) * 1e3
     out.append(("cold start <= in-process + 300 ms", cold <= 300, f"{cold:+.0f} ms"))
     return out

@@ -10,6 +10,7 @@ import json
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from abc import ABC, abstractmethod
 from concurrent.futures import ThreadPoolExecutor
@@ -63,6 +64,13 @@ class System(ABC):
     def supervisor_cpu(self) -> float | None:
         """CPU seconds used so far by a supervisor process, if the system has one."""
         return None
+
+    def token_times(
+        self, messages: Messages, max_tokens: int, until: threading.Event, times: list[float]
+    ) -> bool:
+        """Append perf_counter() of each streamed chunk to `times` as it comes, until `until`
+        is set; False for a system that cannot serve two requests at once."""
+        return False
 
     def concurrent(self, prompts: list[Messages], max_tokens: int) -> tuple[float, int]:
         """(wall seconds, tokens generated) for all prompts streamed at once."""
@@ -221,6 +229,16 @@ class Ollmlx(System):
                 tokens = int(chunk.eval_count or 0)
         return Stream(ttft, time.perf_counter() - started, tokens, "".join(text))
 
+    def token_times(
+        self, messages: Messages, max_tokens: int, until: threading.Event, times: list[float]
+    ) -> bool:
+        options = {"temperature": 0, "repeat_penalty": 1.0, "num_predict": max_tokens}
+        for _ in self.client.chat(self.model, messages, stream=True, options=options):
+            times.append(time.perf_counter())
+            if until.is_set():
+                break  # leaving the stream closes it: the server cancels the request
+        return True
+
     def workers(self) -> list[int]:
         import psutil
 
@@ -272,6 +290,23 @@ class MlxLmServer(System):
 
     def stream(self, messages: Messages, max_tokens: int) -> Stream:
         return _openai_stream(self.api, messages, max_tokens)
+
+    def token_times(
+        self, messages: Messages, max_tokens: int, until: threading.Event, times: list[float]
+    ) -> bool:
+        chunks = self.api.chat.completions.create(  # type: ignore[call-overload]
+            model="default_model",
+            messages=messages,
+            max_tokens=max_tokens,
+            temperature=0.0,
+            stream=True,
+        )
+        for _ in chunks:
+            times.append(time.perf_counter())
+            if until.is_set():
+                chunks.close()
+                break
+        return True
 
     def cold_start(self, model_dir: Path, messages: Messages) -> float:
         # One model per server: cold means a new server, from spawn to first token.

@@ -19,20 +19,9 @@ from tests.conftest import Server
 from tests.oracle import Oracle
 from tests.scriptedmodel import build_scripted_model
 from tests.test_structured import PERSON, SCHEMAS
+from tests.test_tools_thinking import WEATHER_TOOL
 
 ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
-WEATHER_TOOL: dict[str, Any] = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "The weather in a city",
-        "parameters": {
-            "type": "object",
-            "properties": {"city": {"type": "string"}},
-            "required": ["city"],
-        },
-    },
-}
 THINKING = "The user wants the weather."
 STORY = [{"role": "user", "content": "tell me a story"}]
 

@@ -19,7 +19,7 @@ from typing import Any
 from ollmlx.runner import find_openblas, with_openblas
 
 from . import blas, plots, report
-from .measures import Plan, Result, measure
+from .measures import Plan, measure_all
 from .systems import InProcess, MlxLmServer, Ollmlx, System
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -83,10 +83,12 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="ollmlx-bench-models-") as tmp:
         for seed, kind in enumerate(kinds, start=1):
             model_dir = build_model(kind, Path(tmp))
-            results: list[Result] = []
-            for system in make_systems(names, args.no_openblas):
-                print(f"[{time.perf_counter() - started:6.0f}s] {kind}: {system.name} ...")
-                results.append(measure(system, model_dir, plan, seed))
+
+            def say(what: str, kind: str = kind) -> None:
+                print(f"[{time.perf_counter() - started:6.0f}s] {kind}: {what} ...", flush=True)
+
+            systems = make_systems(names, args.no_openblas)
+            results = measure_all(systems, model_dir, plan, seed, say)
             print()
             print(report.table(kind, results, plan.concurrency))
             checks = report.targets(results)

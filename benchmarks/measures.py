@@ -6,6 +6,7 @@ import random
 import statistics
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -118,55 +119,94 @@ def history(tokens: int, seed: int) -> Messages:
     ]
 
 
-def measure(system: System, model_dir: Path, plan: Plan, seed: int) -> Result:
-    """Every figure for one system on one model; `seed` makes this run's prompts unique."""
-    result = Result(system.name)
-    system.start(model_dir)
+def measure_all(
+    systems: list[System], model_dir: Path, plan: Plan, seed: int, say: Callable[[str], None]
+) -> list[Result]:
+    """Every figure for every system on one model; `seed` makes this run's prompts unique.
+
+    All systems are up at once and each round measures every system once, in turn: the
+    machine's drift over a run then hits all of them alike and the ratios stay fair.
+    """
+    results = [Result(system.name) for system in systems]
+    pairs = list(zip(systems, results, strict=True))
+    base = seed * 1000
+    running: list[System] = []
     try:
-        base = seed * 1000
-        for i in range(plan.warmups):
-            system.stream(prompt(base + i), 8)
-        result.decode_tps = statistics.median(
-            system.stream(prompt(base + 10 + r), plan.decode_tokens).decode_tps
-            for r in range(plan.repeats)
-        )
+        for system in systems:
+            say(f"starting {system.name}")
+            system.start(model_dir)
+            running.append(system)
+            for i in range(plan.warmups):
+                system.stream(prompt(base + i), 8)
+        say("decode, TTFT")
+        _decode(pairs, plan, base)
+        for i in range(plan.ttft_samples):
+            for system, result in pairs:
+                result.ttft.append(system.stream(prompt(base + 20 + i), 1).ttft)
+        for n in plan.concurrency:
+            say(f"{n} concurrent streams")
+            _concurrency(pairs, plan, base, n)
+        say("chat turns, a long prompt joining, memory, cold starts")
+        for system, result in pairs:
+            result.cold_turn_ttft, result.second_turn_ttft = system.chat_turns(
+                history(plan.history_tokens, seed), ("What next?", "And then?"), 8
+            )
+            result.join_stall, result.join_ttft = stall_during_join(system, plan, seed)
+            result.peak_memory = system.peak_memory()
+            if isinstance(system, Ollmlx):
+                result.supervisor_rss = system.supervisor_rss()
+        for system, result in pairs:
+            result.cold_start = statistics.median(
+                system.cold_start(model_dir, prompt(base + 990 + r)) for r in range(plan.repeats)
+            )
+            if not result.peak_memory:  # in-process: known only after the cold-start child
+                result.peak_memory = system.peak_memory()
+    finally:
+        for system in running:
+            system.stop()
+    return results
+
+
+def _decode(pairs: list[tuple[System, Result]], plan: Plan, base: int) -> None:
+    """Single-stream decode rates (and, for ollmlx, under a JSON Schema), medians of rounds."""
+    for system, _ in pairs:
         if isinstance(system, Ollmlx):
             system.stream(prompt(base + 39), 8, LONG_JSON)  # builds the grammar tokenizer once
-            result.constrained_decode_tps = statistics.median(
-                system.stream(prompt(base + 40 + r), plan.decode_tokens, LONG_JSON).decode_tps
-                for r in range(plan.repeats)
+    free: dict[str, list[float]] = {r.system: [] for _, r in pairs}
+    constrained: list[float] = []
+    for r in range(plan.repeats):
+        for system, result in pairs:
+            free[result.system].append(
+                system.stream(prompt(base + 10 + r), plan.decode_tokens).decode_tps
             )
-        samples = range(plan.ttft_samples)
-        result.ttft = [system.stream(prompt(base + 20 + i), 1).ttft for i in samples]
-        for n in plan.concurrency:
-            rates, cpu, tokens = [], 0.0, 0
-            for r in range(plan.repeats):
-                prompts = [prompt(base + 10_000 * r + 100 * n + i) for i in range(n)]
-                cpu_before = system.supervisor_cpu()
-                wall, count = system.concurrent(prompts, plan.stream_tokens)
-                cpu_after = system.supervisor_cpu()
-                rates.append(count / wall)
-                tokens += count
-                if cpu_before is not None and cpu_after is not None:
-                    cpu += cpu_after - cpu_before
-            result.aggregate_tps[n] = statistics.median(rates)
-            if system.supervisor_cpu() is not None and tokens:
-                result.supervisor_cpu_per_token[n] = cpu / tokens
-        result.cold_turn_ttft, result.second_turn_ttft = system.chat_turns(
-            history(plan.history_tokens, seed), ("What next?", "And then?"), 8
-        )
-        result.join_stall, result.join_ttft = stall_during_join(system, plan, seed)
-        result.peak_memory = system.peak_memory()
+            if isinstance(system, Ollmlx):
+                answer = system.stream(prompt(base + 40 + r), plan.decode_tokens, LONG_JSON)
+                constrained.append(answer.decode_tps)
+    for system, result in pairs:
+        result.decode_tps = statistics.median(free[result.system])
         if isinstance(system, Ollmlx):
-            result.supervisor_rss = system.supervisor_rss()
-        result.cold_start = statistics.median(
-            system.cold_start(model_dir, prompt(base + 990 + r)) for r in range(plan.repeats)
-        )
-        if not result.peak_memory:  # in-process: known only after the cold-start child
-            result.peak_memory = system.peak_memory()
-    finally:
-        system.stop()
-    return result
+            result.constrained_decode_tps = statistics.median(constrained)
+
+
+def _concurrency(pairs: list[tuple[System, Result]], plan: Plan, base: int, n: int) -> None:
+    """Aggregate tokens/s of n streams at once (median of rounds), supervisor CPU/token."""
+    rates: dict[str, list[float]] = {r.system: [] for _, r in pairs}
+    cpu: dict[str, float] = {r.system: 0.0 for _, r in pairs}
+    tokens: dict[str, int] = {r.system: 0 for _, r in pairs}
+    for r in range(plan.repeats):
+        for system, result in pairs:
+            prompts = [prompt(base + 10_000 * r + 100 * n + i) for i in range(n)]
+            cpu_before = system.supervisor_cpu()
+            wall, count = system.concurrent(prompts, plan.stream_tokens)
+            cpu_after = system.supervisor_cpu()
+            rates[result.system].append(count / wall)
+            tokens[result.system] += count
+            if cpu_before is not None and cpu_after is not None:
+                cpu[result.system] += cpu_after - cpu_before
+    for system, result in pairs:
+        result.aggregate_tps[n] = statistics.median(rates[result.system])
+        if system.supervisor_cpu() is not None and tokens[result.system]:
+            result.supervisor_cpu_per_token[n] = cpu[result.system] / tokens[result.system]
 
 
 def stall_during_join(system: System, plan: Plan, seed: int) -> tuple[float, float]:

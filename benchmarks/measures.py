@@ -22,6 +22,9 @@ LONG_JSON = {
 }
 
 QUESTION = {"role": "user", "content": "What next?"}
+# A pause before each system's turn in a round: BLAS threads spin for a while after
+# their last call (OpenBLAS ~0.1 s), and would slow down whichever system comes next.
+SETTLE = 0.3
 
 WORDS = """the a small large quick slow bright dark old new cat dog bird river mountain city
 garden forest ocean teacher student engineer robot window morning evening runs walks reads
@@ -142,6 +145,7 @@ def measure_all(
         _decode(pairs, plan, base)
         for i in range(plan.ttft_samples):
             for system, result in pairs:
+                time.sleep(SETTLE)
                 result.ttft.append(system.stream(prompt(base + 20 + i), 1).ttft)
         for n in plan.concurrency:
             say(f"{n} concurrent streams")
@@ -176,6 +180,7 @@ def _decode(pairs: list[tuple[System, Result]], plan: Plan, base: int) -> None:
     constrained: list[float] = []
     for r in range(plan.repeats):
         for system, result in pairs:
+            time.sleep(SETTLE)
             free[result.system].append(
                 system.stream(prompt(base + 10 + r), plan.decode_tokens).decode_tps
             )
@@ -195,6 +200,7 @@ def _concurrency(pairs: list[tuple[System, Result]], plan: Plan, base: int, n: i
     tokens: dict[str, int] = {r.system: 0 for _, r in pairs}
     for r in range(plan.repeats):
         for system, result in pairs:
+            time.sleep(SETTLE)
             prompts = [prompt(base + 10_000 * r + 100 * n + i) for i in range(n)]
             cpu_before = system.supervisor_cpu()
             wall, count = system.concurrent(prompts, plan.stream_tokens)

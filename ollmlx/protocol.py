@@ -41,6 +41,15 @@ class Message(msgspec.Struct, omit_defaults=True):
     tool_name: str | None = None
 
 
+class StreamAs(msgspec.Struct):
+    """Ask the worker to write each token as a finished Ollama NDJSON line for `model`
+    (`/api/chat`'s shape if `chat`, else `/api/generate`'s): the supervisor passes those
+    bytes through untouched. Only the final event still goes through the supervisor."""
+
+    model: str
+    chat: bool
+
+
 class CompletionRequest(msgspec.Struct, omit_defaults=True):
     """One generation. Exactly one of `messages` (chat) or `prompt` (generate) is set."""
 
@@ -66,6 +75,7 @@ class CompletionRequest(msgspec.Struct, omit_defaults=True):
     tools: list[dict[str, Any]] | None = None
     # None: the template's default; False: thinking off; True or "low"/"medium"/"high".
     think: bool | str | None = None
+    stream_as: StreamAs | None = None
 
 
 class TokenLogprob(msgspec.Struct, omit_defaults=True):
@@ -102,6 +112,8 @@ class ErrorEvent(msgspec.Struct, tag="error"):
 
 
 WorkerEvent = TokenEvent | DoneEvent | ErrorEvent
+# Every event line starts with its tag; any other line is a finished client line.
+EVENT_PREFIX = b'{"type":'
 
 
 class Health(msgspec.Struct):

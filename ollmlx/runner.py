@@ -22,6 +22,7 @@ from pathlib import Path
 import aiohttp
 
 from .protocol import (
+    EVENT_PREFIX,
     SECRET_ENV,
     SECRET_HEADER,
     CompletionRequest,
@@ -219,8 +220,9 @@ class WorkerProcess:
             return False
         return True
 
-    async def stream(self, request: CompletionRequest) -> AsyncIterator[WorkerEvent]:
-        """The worker's events for one request, as they are decoded."""
+    async def stream(self, request: CompletionRequest) -> AsyncIterator[WorkerEvent | bytes]:
+        """The worker's events for one request, as they are decoded; with `stream_as`, its
+        token lines come as bytes, ready for the client."""
         try:
             async with self._session.post(
                 self._url("/completion"),
@@ -236,8 +238,10 @@ class WorkerProcess:
                     pending += chunk
                     *lines, pending = pending.split(b"\n")
                     for line in lines:
-                        if line:
+                        if line.startswith(EVENT_PREFIX):
                             yield event_decoder.decode(line)
+                        elif line:  # a finished client line (`stream_as`): not decoded
+                            yield line + b"\n"
         except aiohttp.ClientError as exc:
             await self._wait_exit(0.5)
             log.warning("worker %s stream broke: %s", self.spec.name, exc)

@@ -16,7 +16,15 @@ import ollama
 import psutil
 import pytest
 
-from ollmlx.protocol import SECRET_ENV, SECRET_HEADER
+from ollmlx.protocol import (
+    SECRET_ENV,
+    SECRET_HEADER,
+    CompletionRequest,
+    Message,
+    Sampling,
+    StreamAs,
+    encoder,
+)
 from tests.conftest import Server, start_server, wait_for
 
 
@@ -156,3 +164,41 @@ def test_a_model_that_fails_to_load_reports_the_worker_error(fresh_server: Serve
         assert not fresh_server.workers()
         # The server itself keeps serving.
         assert client.list().models
+
+
+def test_worker_writes_finished_client_lines_when_asked(worker: tuple) -> None:
+    """With `stream_as`, token lines are the client's own (the supervisor passes them on
+    untouched); the final event stays internal. The text is the same either way."""
+    _proc, port, secret = worker
+    headers = {SECRET_HEADER: secret}
+    assert wait_for(
+        lambda: (
+            httpx.get(f"http://127.0.0.1:{port}/health", headers=headers).json()["status"] == "ok"
+        ),
+        timeout=60,
+    )
+
+    def lines(stream_as: StreamAs | None) -> list[dict]:
+        request = CompletionRequest(
+            sampling=Sampling(temperature=0, num_predict=6),
+            messages=[Message(role="user", content="hello")],
+            stream_as=stream_as,
+        )
+        response = httpx.post(
+            f"http://127.0.0.1:{port}/completion",
+            content=encoder.encode(request),
+            headers=headers,
+            timeout=60,
+        )
+        return [json.loads(line) for line in response.text.splitlines()]
+
+    ready = lines(StreamAs(model="tiny:latest", chat=True))
+    events = lines(None)
+    *tokens, done = ready
+    assert all(t["model"] == "tiny:latest" and t["done"] is False for t in tokens)
+    assert all(t["message"]["role"] == "assistant" and "type" not in t for t in tokens)
+    assert all(t["created_at"].endswith("Z") for t in tokens)
+    assert done["type"] == "done" and done["eval_count"] == 6
+    assert "".join(t["message"]["content"] for t in tokens) == "".join(
+        e["text"] for e in events if e["type"] == "token"
+    )

@@ -9,11 +9,13 @@ import logging
 import msgspec
 from aiohttp import web
 
+from ollmlx.api.schemas import token_chunk
 from ollmlx.protocol import (
     SECRET_HEADER,
     EmbedResponse,
     ErrorEvent,
     Health,
+    TokenEvent,
     WorkerEvent,
     embed_request_decoder,
     encoder,
@@ -65,9 +67,14 @@ async def completion(request: web.Request) -> web.StreamResponse:
     buffer = bytearray()
     try:
         await response.prepare(request)
+        stream_as = completion_request.stream_as
         while True:
             event = await events.get()
-            encoder.encode_into(event, buffer)
+            if stream_as is not None and isinstance(event, TokenEvent):
+                # The client's own line, so the supervisor can pass it on untouched.
+                encoder.encode_into(token_chunk(stream_as, event), buffer)
+            else:
+                encoder.encode_into(event, buffer)
             buffer.extend(b"\n")
             await response.write(bytes(buffer))
             if not isinstance(event, ErrorEvent) and getattr(event, "done_reason", None):

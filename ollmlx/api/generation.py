@@ -69,7 +69,9 @@ async def run_completion(
                 if isinstance(event, ErrorEvent):
                     await response.write(dialect.error(event.error))
                     break
-                if isinstance(event, TokenEvent):
+                if isinstance(event, bytes):
+                    data = event  # a line the worker finished (`stream_as`): passed through
+                elif isinstance(event, TokenEvent):
                     data = dialect.token(event)
                 else:
                     total = time.perf_counter_ns() - started

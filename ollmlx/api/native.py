@@ -21,6 +21,7 @@ from ..protocol import (
     DoneEvent,
     Message,
     Sampling,
+    StreamAs,
     TokenEvent,
 )
 from ..store import StoredModel
@@ -32,8 +33,10 @@ from .schemas import (
     GenerateChunk,
     GenerateRequest,
     OutMessage,
+    chat_chunk,
     chat_decoder,
     encoder,
+    generate_chunk,
     generate_decoder,
     now_rfc3339,
 )
@@ -203,14 +206,7 @@ async def generate(request: web.Request) -> web.StreamResponse:
     stored, keep_alive, sampling = checked.stored, checked.keep_alive, checked.sampling
 
     def make(event: TokenEvent | None, done: DoneEvent | None, total: int, load: int) -> Any:
-        chunk = GenerateChunk(
-            model=req.model,
-            created_at=now_rfc3339(),
-            response=event.text if event else "",
-            done=False,
-            thinking=(event.thinking or None) if event else None,
-            logprobs=event.logprobs if event else None,
-        )
+        chunk = generate_chunk(req.model, event)
         return _finish(chunk, done, total, load) if done else chunk
 
     if not req.prompt and not req.images:
@@ -220,8 +216,11 @@ async def generate(request: web.Request) -> web.StreamResponse:
             dumps=_dumps,
         )
     completion = generate_completion(req, checked)
+    streaming = req.stream is not False
+    if streaming:  # token lines come ready-made from the worker and pass through as they are
+        completion.stream_as = StreamAs(req.model, chat=False)
     return await run_completion(
-        request, ctx, stored, completion, keep_alive, req.stream is not False, Ndjson(make), started
+        request, ctx, stored, completion, keep_alive, streaming, Ndjson(make), started
     )
 
 
@@ -256,19 +255,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
     stored, keep_alive, sampling = checked.stored, checked.keep_alive, checked.sampling
 
     def make(event: TokenEvent | None, done: DoneEvent | None, total: int, load: int) -> Any:
-        message = OutMessage(
-            role="assistant",
-            content=event.text if event else "",
-            thinking=(event.thinking or None) if event else None,
-            tool_calls=event.tool_calls if event else None,
-        )
-        chunk = ChatChunk(
-            model=req.model,
-            created_at=now_rfc3339(),
-            message=message,
-            done=False,
-            logprobs=event.logprobs if event else None,
-        )
+        chunk = chat_chunk(req.model, event)
         return _finish(chunk, done, total, load) if done else chunk
 
     if not req.messages:
@@ -278,8 +265,11 @@ async def chat(request: web.Request) -> web.StreamResponse:
             ChatChunk(req.model, now_rfc3339(), empty, True, done_reason=reason), dumps=_dumps
         )
     completion = chat_completion(req, checked)
+    streaming = req.stream is not False
+    if streaming:
+        completion.stream_as = StreamAs(req.model, chat=True)
     return await run_completion(
-        request, ctx, stored, completion, keep_alive, req.stream is not False, Ndjson(make), started
+        request, ctx, stored, completion, keep_alive, streaming, Ndjson(make), started
     )
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import msgspec
 
 from ..modelinfo import Details
-from ..protocol import Message, TokenLogprob
+from ..protocol import Message, StreamAs, TokenEvent, TokenLogprob
 
 
 class GenerateRequest(msgspec.Struct):
@@ -174,3 +174,37 @@ chat_decoder = msgspec.json.Decoder(ChatRequest)
 model_decoder = msgspec.json.Decoder(ModelRequest)
 copy_decoder = msgspec.json.Decoder(CopyRequest)
 create_decoder = msgspec.json.Decoder(CreateRequest)
+
+
+def generate_chunk(model: str, event: TokenEvent | None) -> GenerateChunk:
+    """/api/generate's chunk for one token event (None: an empty one, for the final chunk)."""
+    return GenerateChunk(
+        model=model,
+        created_at=now_rfc3339(),
+        response=event.text if event else "",
+        done=False,
+        thinking=(event.thinking or None) if event else None,
+        logprobs=event.logprobs if event else None,
+    )
+
+
+def chat_chunk(model: str, event: TokenEvent | None) -> ChatChunk:
+    """/api/chat's chunk for one token event (None: an empty one, for the final chunk)."""
+    message = OutMessage(
+        role="assistant",
+        content=event.text if event else "",
+        thinking=(event.thinking or None) if event else None,
+        tool_calls=event.tool_calls if event else None,
+    )
+    return ChatChunk(
+        model=model,
+        created_at=now_rfc3339(),
+        message=message,
+        done=False,
+        logprobs=event.logprobs if event else None,
+    )
+
+
+def token_chunk(stream_as: StreamAs, event: TokenEvent) -> GenerateChunk | ChatChunk:
+    """The finished line a worker writes for a token when asked to (`stream_as`)."""
+    return (chat_chunk if stream_as.chat else generate_chunk)(stream_as.model, event)

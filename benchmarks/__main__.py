@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ollmlx.runner import find_openblas, with_openblas
+from ollmlx.serving.runner import find_openblas, with_openblas
 
 from . import blas, plots, report
 from .measures import Plan, measure_all

@@ -11,13 +11,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from .config import Settings
+from .errors import StatusError
 from .protocol import Sampling
 
 log = logging.getLogger("ollmlx.options")
-
-
-class OptionError(ValueError):
-    pass
 
 
 INT, FLOAT, BOOL, STRINGS = "integer", "float32", "boolean", "array"
@@ -50,7 +47,7 @@ _SAMPLING_FIELDS = set(Sampling.__struct_fields__)
 
 
 def check_option(key: str, value: Any) -> Any:
-    """The value converted to the option's type, or OptionError with Ollama's message."""
+    """The value converted to the option's type, or StatusError with Ollama's message."""
     kind = OPTION_TYPES[key]
     is_number = isinstance(value, int | float) and not isinstance(value, bool)
     if kind == INT and is_number:
@@ -62,15 +59,15 @@ def check_option(key: str, value: Any) -> Any:
     if kind == STRINGS and isinstance(value, list):
         if all(isinstance(v, str) for v in value):
             return list(value)
-        raise OptionError(f'option "{key}" must be of an array of strings')
-    raise OptionError(f'option "{key}" must be of type {kind}')
+        raise StatusError(f'option "{key}" must be of an array of strings', 400)
+    raise StatusError(f'option "{key}" must be of type {kind}', 400)
 
 
 def parse_parameter(key: str, text: str) -> Any:
     """A Modelfile PARAMETER value (always text) converted to the option's type."""
     key = key.lower()
     if key not in OPTION_TYPES:
-        raise OptionError(f"unknown parameter '{key}'")
+        raise StatusError(f"unknown parameter '{key}'", 400)
     kind = OPTION_TYPES[key]
     try:
         if kind == INT:
@@ -80,7 +77,7 @@ def parse_parameter(key: str, text: str) -> Any:
         if kind == BOOL:
             return text.strip().lower() in ("1", "true", "yes", "on")
     except ValueError:
-        raise OptionError(f"invalid {kind} value for parameter '{key}': {text!r}") from None
+        raise StatusError(f"invalid {kind} value for parameter '{key}': {text!r}", 400) from None
     return [text]
 
 
@@ -106,7 +103,7 @@ def resolve_sampling(
         values["seed"] = None  # Ollama: -1 means a random seed
     sampling = Sampling(**values)
     if sampling.num_ctx < 1 or sampling.num_ctx > settings.max_num_ctx:
-        raise OptionError(f"num_ctx must be between 1 and {settings.max_num_ctx}")
+        raise StatusError(f"num_ctx must be between 1 and {settings.max_num_ctx}", 400)
     if sampling.num_predict > settings.max_num_predict:
-        raise OptionError(f"num_predict must be at most {settings.max_num_predict}")
+        raise StatusError(f"num_predict must be at most {settings.max_num_predict}", 400)
     return sampling

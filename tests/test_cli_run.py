@@ -18,7 +18,7 @@ import httpx
 import pexpect
 import pytest
 
-from ollmlx.terminal import WordWrapper, char_width
+from ollmlx.cli.terminal import WordWrapper, char_width
 from tests.conftest import Server, wait_for
 
 GREEDY = {"temperature": 0.0, "num_predict": 5}

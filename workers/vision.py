@@ -25,9 +25,10 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from ollmlx.errors import StatusError
 from ollmlx.protocol import CompletionRequest, DoneEvent, ErrorEvent, Message, TokenEvent
 
-from .prompts import PromptError, chat_messages, template_options
+from .prompts import chat_messages, template_options
 from .sampling import StopMatcher, build_logits_processors, build_sampler
 
 log = logging.getLogger("ollmlx.worker")
@@ -70,9 +71,9 @@ def decode_image(data: str) -> Any:
         image = Image.open(io.BytesIO(base64.b64decode(data, validate=True)))
         image.load()
     except (binascii.Error, ValueError) as exc:
-        raise PromptError(f"invalid image input: illegal base64 data ({exc})") from None
+        raise StatusError(f"invalid image input: illegal base64 data ({exc})", 400) from None
     except (UnidentifiedImageError, OSError) as exc:
-        raise PromptError(f"invalid image input: {exc}") from None
+        raise StatusError(f"invalid image input: {exc}", 400) from None
     return image.convert("RGB") if image.mode != "RGB" else image
 
 
@@ -148,7 +149,7 @@ class VisionRunner:
             messages = [m for i, m in enumerate(messages) if i != droppable[0]]
             prompt = self._encode(request, messages)
         if len(prompt) > num_ctx - 1:
-            raise PromptError("the input length exceeds the context length")
+            raise StatusError("the input length exceeds the context length", 400)
         return prompt
 
     def _encode(self, request: CompletionRequest, messages: list[Message]) -> VisionPrompt:

@@ -5,62 +5,19 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 
 import aiohttp
 import msgspec
 from aiohttp import web
 
 from ..config import Settings
-from ..names import InvalidName
-from ..options import OptionError
-from ..runner import WorkerError, WorkerProcess, WorkerSpec
-from ..scheduler import QueueFull, Scheduler
-from ..store import Store
+from ..errors import StatusError
+from ..serving.runner import WorkerProcess, WorkerSpec
+from ..serving.scheduler import Scheduler
+from ..store.catalog import Store
+from .context import CONTEXT, Context, error_for
 
 log = logging.getLogger("ollmlx.api")
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
-@dataclass
-class Context:
-    """What every handler needs, created once per app."""
-
-    settings: Settings
-    store: Store
-    scheduler: Scheduler
-    session: aiohttp.ClientSession
-    inflight: int = 0
-    idle: asyncio.Event = field(default_factory=asyncio.Event)
-
-
-CONTEXT = web.AppKey("context", Context)
-
-
-def error_response(status: int, message: str) -> web.Response:
-    return web.json_response({"error": message}, status=status)
-
-
-# OpenAI's error types by status, as Ollama's openai.NewError picks them.
-OPENAI_ERROR_TYPES = {400: "invalid_request_error", 404: "not_found_error"}
-
-
-def openai_error_body(status: int, message: str) -> dict[str, dict[str, str | None]]:
-    kind = OPENAI_ERROR_TYPES.get(status, "api_error")
-    return {"error": {"message": message, "type": kind, "param": None, "code": None}}
-
-
-def _error_for(request: web.Request, status: int, message: str) -> web.Response:
-    """OpenAI clients read `error.message`: /v1 routes get OpenAI's shape, others Ollama's."""
-    if request.path.startswith("/v1/"):
-        return web.json_response(openai_error_body(status, message), status=status)
-    return error_response(status, message)
 
 
 @web.middleware
@@ -98,18 +55,14 @@ async def errors_middleware(
     """Errors raised before a response starts become `{"error": ...}` with a status."""
     try:
         return await handler(request)
-    except ApiError as exc:
-        return _error_for(request, exc.status, exc.message)
-    except (OptionError, msgspec.ValidationError, msgspec.DecodeError, InvalidName) as exc:
-        return _error_for(request, 400, str(exc))
-    except QueueFull as exc:
-        return _error_for(request, 503, str(exc))
-    except WorkerError as exc:
-        return _error_for(request, exc.status, str(exc))
+    except StatusError as exc:
+        return error_for(request, exc.status, exc.message)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        return error_for(request, 400, str(exc))
 
 
 def create_app(settings: Settings) -> web.Application:
-    from . import embed, models, native, openai, pull
+    from . import embed, models, native, openai, pull, responses
     from .guards import add_cors_headers, make_guards
 
     app = web.Application(
@@ -146,6 +99,7 @@ def create_app(settings: Settings) -> web.Application:
     native.add_routes(app.router)
     models.add_routes(app.router)
     openai.add_routes(app.router)
+    responses.add_routes(app.router)
     embed.add_routes(app.router)
     pull.setup(app)
     return app

@@ -17,12 +17,12 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from ..modelinfo import estimate_memory
+from ..errors import StatusError
 from ..options import resolve_sampling
 from ..protocol import EmbedRequest, EmbedResponse
-from ..store import StoredModel
-from .app import CONTEXT, ApiError, Context
-from .native import find_model, parse_keep_alive, read_body
+from ..store.catalog import StoredModel
+from ..store.modelinfo import estimate_memory
+from .context import CONTEXT, Context, find_model, parse_keep_alive, read_body
 
 log = logging.getLogger("ollmlx.api")
 
@@ -73,7 +73,7 @@ def _inputs(value: Any) -> list[str]:
         return [value] if value else []
     if isinstance(value, list) and all(isinstance(v, str) for v in value):
         return list(value)
-    raise ApiError(400, "invalid input type")
+    raise StatusError("invalid input type", 400)
 
 
 def _rows(result: EmbedResponse) -> list[list[float]]:
@@ -176,12 +176,12 @@ async def openai_embeddings(request: web.Request) -> web.Response:
     ctx = request.app[CONTEXT]
     req: OpenAIEmbedRequest = await read_body(request, _openai_decoder)
     if req.input is None or req.input == []:
-        raise ApiError(400, "invalid input")
+        raise StatusError("invalid input", 400)
     inputs = [req.input] if isinstance(req.input, str) else _inputs(req.input)
     fmt = (req.encoding_format or "float").lower()
     if fmt not in ("float", "base64"):
-        raise ApiError(
-            400, f"invalid encoding_format {req.encoding_format!r}: use 'float' or 'base64'"
+        raise StatusError(
+            f"invalid encoding_format {req.encoding_format!r}: use 'float' or 'base64'", 400
         )
     stored = find_model(ctx, req.model)
     result, _ = await _embed(ctx, stored, inputs, dimensions=req.dimensions or 0)

@@ -11,11 +11,11 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
-from ..modelinfo import estimate_memory
+from ..errors import StatusError
 from ..protocol import CompletionRequest, DoneEvent, ErrorEvent, TokenEvent
-from ..runner import WorkerError
-from ..store import StoredModel
-from .app import ApiError, Context
+from ..store.catalog import StoredModel
+from ..store.modelinfo import estimate_memory
+from .context import Context
 
 
 class Dialect(Protocol):
@@ -59,7 +59,7 @@ async def run_completion(
         events = aiter(lease.worker.stream(completion))
         event = await anext(events)
         if isinstance(event, ErrorEvent):
-            raise ApiError(event.status, event.error)
+            raise StatusError(event.error, event.status)
         if not streaming:
             return await _collect(event, events, dialect, started, lease.load_duration)
         response = web.StreamResponse(headers={"Content-Type": dialect.content_type})
@@ -81,7 +81,7 @@ async def run_completion(
                 if isinstance(event, DoneEvent):
                     break
                 event = await anext(events)
-        except WorkerError as exc:
+        except StatusError as exc:
             await response.write(dialect.error(str(exc)))
         await response.write_eof()
         return response
@@ -99,7 +99,7 @@ async def _collect(
         whole.tool_calls.extend(event.tool_calls or ())  # type: ignore[union-attr]
         event = await anext(events)
     if isinstance(event, ErrorEvent):
-        raise ApiError(event.status, event.error)
+        raise StatusError(event.error, event.status)
     whole.logprobs = whole.logprobs or None
     whole.tool_calls = whole.tool_calls or None
     body = dialect.whole(whole, event, time.perf_counter_ns() - started, load)

@@ -12,9 +12,14 @@ from typing import Any
 
 from aiohttp import web
 
-from ..aliases import UnknownModel, resolve
-from ..modelfile import ModelfileError, format_parameters, parse_modelfile, render_modelfile
-from ..modelinfo import (
+from ..acquire.pull import Progress, Puller
+from ..acquire.quantize import convert, quant_bits
+from ..errors import StatusError
+from ..options import check_option
+from ..store.aliases import resolve
+from ..store.catalog import Manifest, StoredModel
+from ..store.modelfile import format_parameters, parse_modelfile, render_modelfile
+from ..store.modelinfo import (
     capabilities,
     chat_template,
     check_model_dir,
@@ -22,14 +27,9 @@ from ..modelinfo import (
     describe,
     read_config,
 )
-from ..names import InvalidName, parse_name
-from ..options import OptionError, check_option
-from ..pull import Progress, Puller
-from ..quantize import ConvertError, convert, quant_bits
-from ..store import Manifest, StoredModel
-from .app import CONTEXT, ApiError, Context
-from .native import read_body
-from .pull import PULLER, stream_progress
+from ..store.names import parse_name
+from .context import CONTEXT, Context, read_body
+from .progress import PULLER, stream_progress
 from .schemas import (
     CreateRequest,
     ListedModel,
@@ -132,10 +132,10 @@ async def show(request: web.Request) -> web.Response:
     req = await read_body(request, model_decoder)
     name = req.model or req.name
     if not name:
-        raise ApiError(400, "model is required")
+        raise StatusError("model is required", 400)
     stored = ctx.store.get(name)
     if stored is None:
-        raise ApiError(404, f"model '{name}' not found")
+        raise StatusError(f"model '{name}' not found", 404)
     manifest = stored.manifest
     return _json(
         ShowResponse(
@@ -167,10 +167,10 @@ async def copy(request: web.Request) -> web.Response:
     for label, value in (("source", req.source), ("destination", req.destination)):
         try:
             parse_name(value)
-        except InvalidName:
-            raise ApiError(400, f'{label} "{value}" is invalid') from None
+        except StatusError:
+            raise StatusError(f'{label} "{value}" is invalid', 400) from None
     if ctx.store.copy(req.source, req.destination) is None:
-        raise ApiError(404, f'model "{req.source}" not found')
+        raise StatusError(f'model "{req.source}" not found', 404)
     return web.Response(status=200)
 
 
@@ -180,10 +180,10 @@ async def delete(request: web.Request) -> web.Response:
     name = req.model or req.name
     try:
         stored = ctx.store.get(name)
-    except InvalidName:
-        raise ApiError(400, f'name "{name}" is invalid') from None
+    except StatusError:
+        raise StatusError(f'name "{name}" is invalid', 400) from None
     if stored is None:
-        raise ApiError(404, f"model '{name}' not found")
+        raise StatusError(f"model '{name}' not found", 404)
     await ctx.scheduler.unload(stored.name.display)  # never delete weights in use
     ctx.store.delete(name)
     log.info("deleted %s", stored.name.display)
@@ -196,8 +196,8 @@ async def create(request: web.Request) -> web.StreamResponse:
     name = req.model or req.name
     try:
         parse_name(name)
-    except InvalidName:
-        raise ApiError(400, "invalid model name") from None
+    except StatusError:
+        raise StatusError("invalid model name", 400) from None
     plan = _plan_create(ctx, req)
     events = _run_create(ctx, request.app[PULLER], name, plan)
     return await stream_progress(request, events, stream=req.stream is not False)
@@ -220,8 +220,8 @@ def _merge_modelfile(req: CreateRequest) -> None:
     """Fold an old client's `modelfile` text into the request; the request's fields win."""
     try:
         parsed = parse_modelfile(req.modelfile)
-    except ModelfileError as exc:
-        raise ApiError(400, str(exc)) from None
+    except StatusError as exc:
+        raise StatusError(str(exc), 400) from None
     req.from_ = req.from_ or parsed.from_
     req.template = req.template if req.template is not None else parsed.template
     req.system = req.system if req.system is not None else parsed.system
@@ -237,23 +237,23 @@ def _plan_create(ctx: Context, req: CreateRequest) -> _CreatePlan:
     if req.modelfile:
         _merge_modelfile(req)
     if not req.from_:
-        raise ApiError(400, "neither 'from' or 'files' was specified")
+        raise StatusError("neither 'from' or 'files' was specified", 400)
     if req.quantize:
         try:
             plan.bits = quant_bits(req.quantize)
-        except ConvertError as exc:
-            raise ApiError(exc.status, str(exc)) from None
+        except StatusError as exc:
+            raise StatusError(str(exc), exc.status) from None
     source = Path(req.from_).expanduser()
     if source.is_absolute() or req.from_.startswith((".", "~")):
         problem = check_model_dir(source)
         if problem:
-            raise ApiError(400, problem)
+            raise StatusError(problem, 400)
         plan.source_dir = source.resolve()
     else:
         plan.base = ctx.store.get(req.from_)
         if plan.base is None:
             if not _pullable(req.from_):
-                raise ApiError(404, f"model '{req.from_}' not found")
+                raise StatusError(f"model '{req.from_}' not found", 404)
             plan.pull = req.from_
     weights_dir = plan.source_dir or (plan.base.model_dir if plan.base else None)
     if plan.bits and weights_dir is not None:
@@ -261,19 +261,19 @@ def _plan_create(ctx: Context, req: CreateRequest) -> _CreatePlan:
     for adapter in (req.adapters or {}).values():
         path = Path(adapter).expanduser()
         if not (path / "adapter_config.json").is_file():
-            raise ApiError(400, f"adapter {adapter} has no adapter_config.json")
+            raise StatusError(f"adapter {adapter} has no adapter_config.json", 400)
         plan.adapter_dir = path.resolve()
     try:
         plan.parameters = {k: check_option(k, v) for k, v in (req.parameters or {}).items()}
-    except (OptionError, KeyError) as exc:
-        raise ApiError(400, str(exc).strip('"')) from None
+    except (StatusError, KeyError) as exc:
+        raise StatusError(str(exc).strip('"'), 400) from None
     return plan
 
 
 def _pullable(text: str) -> bool:
     try:
         resolve(parse_name(text))
-    except (InvalidName, UnknownModel):
+    except StatusError:
         return False
     return True
 
@@ -281,7 +281,7 @@ def _pullable(text: str) -> bool:
 def _check_quantizable(model_dir: Path) -> None:
     config = read_config(model_dir)
     if config.get("quantization") or config.get("quantization_config"):
-        raise ApiError(400, "quantization is only supported for F16 and F32 models")
+        raise StatusError("quantization is only supported for F16 and F32 models", 400)
 
 
 def _base_manifest(base: StoredModel) -> Manifest:
@@ -315,7 +315,7 @@ async def _run_create(
                 yield event
         plan.base = ctx.store.get(plan.pull)
         if plan.base is None:
-            raise ApiError(500, f"model '{plan.pull}' vanished after pulling it")
+            raise StatusError(f"model '{plan.pull}' vanished after pulling it", 500)
         if plan.bits:
             _check_quantizable(plan.base.model_dir)
     if plan.base is not None:

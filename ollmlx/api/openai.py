@@ -7,7 +7,6 @@ by the same code as /api/chat and /api/generate; only the output dialect differs
 
 from __future__ import annotations
 
-import json
 import random
 import time
 from typing import Any
@@ -15,18 +14,18 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
+from ..errors import StatusError
 from ..protocol import DoneEvent, TokenEvent, TokenLogprob
-from ..store import StoredModel
-from .app import CONTEXT, ApiError, openai_error_body
-from .generation import run_completion
-from .native import (
+from ..store.catalog import StoredModel
+from .completion import (
     chat_completion,
     check_chat,
     check_generate,
     generate_completion,
-    read_body,
 )
-from .openai_convert import chat_request, generate_request, require_model
+from .context import CONTEXT, openai_error_body, read_body
+from .generation import run_completion
+from .openai_convert import chat_request, generate_request, require_model, tool_call
 from .openai_schemas import (
     AssistantMessage,
     ChatCompletion,
@@ -40,7 +39,6 @@ from .openai_schemas import (
     Delta,
     ModelCard,
     ModelList,
-    OutFunction,
     OutToolCall,
     TextCompletion,
     TopLogprob,
@@ -66,23 +64,6 @@ def new_id(prefix: str) -> str:
 
 def usage(done: DoneEvent) -> Usage:
     return Usage(done.prompt_eval_count, done.eval_count, done.prompt_eval_count + done.eval_count)
-
-
-def tool_call(call: dict[str, Any], position: int) -> OutToolCall:
-    """A worker tool call (arguments as an object) -> OpenAI's (arguments as JSON text)."""
-    function = call["function"]
-    return OutToolCall(
-        id=call.get("id", ""),
-        index=int(function.get("index", position)),
-        type="function",
-        function=OutFunction(
-            name=function["name"],
-            # Compact, as Go's json.Marshal writes it in Ollama.
-            arguments=json.dumps(
-                function.get("arguments", {}), separators=(",", ":"), ensure_ascii=False
-            ),
-        ),
-    )
 
 
 def tool_calls(calls: list[dict[str, Any]] | None) -> list[OutToolCall] | None:
@@ -275,17 +256,14 @@ async def retrieve_model(request: web.Request) -> web.Response:
     name = request.match_info["model"]
     stored = ctx.store.get(name)
     if stored is None:
-        raise ApiError(404, f"model '{name}' not found")  # Ollama's /api/show wording
+        raise StatusError(f"model '{name}' not found", 404)  # Ollama's /api/show wording
     # The id is the name as asked for, as Ollama echoes it.
     card = _card(name, stored)
     return web.Response(body=encoder.encode(card), content_type="application/json")
 
 
 def add_routes(router: web.UrlDispatcher) -> None:
-    from . import responses
-
     router.add_post("/v1/chat/completions", chat_completions)
     router.add_post("/v1/completions", completions)
     router.add_get("/v1/models", list_models)
     router.add_get("/v1/models/{model:.+}", retrieve_model)
-    responses.add_routes(router)

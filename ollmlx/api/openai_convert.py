@@ -11,12 +11,15 @@ import binascii
 import json
 from typing import Any
 
+from ..errors import StatusError
 from ..protocol import Message
-from .app import ApiError, Context
+from .context import Context
 from .openai_schemas import (
     ChatCompletionRequest,
     ChatMessage,
     InToolCall,
+    OutFunction,
+    OutToolCall,
     Reasoning,
     ResponseFormat,
     TextCompletionRequest,
@@ -30,26 +33,26 @@ EFFORTS = ("high", "medium", "low", "none")
 def require_model(ctx: Context, name: str) -> None:
     """Ollama's scheduler wording for an unknown model on the OpenAI routes."""
     if not name:
-        raise ApiError(400, "model is required")
+        raise StatusError("model is required", 400)
     if ctx.store.get(name) is None:
-        raise ApiError(404, f"model {json.dumps(name)} not found, try pulling it first")
+        raise StatusError(f"model {json.dumps(name)} not found, try pulling it first", 404)
 
 
 def decode_image_url(url: str) -> str:
     """A base64 data URL -> the base64 payload Ollama's `images` carry (validated)."""
     if url.startswith(("http://", "https://")):
-        raise ApiError(
-            400, "image URLs are not currently supported, please use base64 encoded data instead"
+        raise StatusError(
+            "image URLs are not currently supported, please use base64 encoded data instead", 400
         )
     prefixes = ["data:;base64,", *(f"data:image/{kind};base64," for kind in _IMAGE_TYPES)]
     prefix = next((p for p in prefixes if url.startswith(p)), None)
     if prefix is None:
-        raise ApiError(400, "invalid image input")
+        raise StatusError("invalid image input", 400)
     data = url[len(prefix) :]
     try:
         base64.b64decode(data, validate=True)
     except (binascii.Error, ValueError):
-        raise ApiError(400, "invalid image input") from None
+        raise StatusError("invalid image input", 400) from None
     return data
 
 
@@ -59,7 +62,7 @@ def _content_parts(parts: list[Any]) -> tuple[str, list[str]]:
     images: list[str] = []
     for part in parts:
         if not isinstance(part, dict):
-            raise ApiError(400, "invalid message format")
+            raise StatusError("invalid message format", 400)
         kind = part.get("type")
         if kind == "text" and isinstance(part.get("text"), str):
             texts.append(part["text"])
@@ -67,10 +70,10 @@ def _content_parts(parts: list[Any]) -> tuple[str, list[str]]:
             image = part.get("image_url")
             url = image.get("url") if isinstance(image, dict) else image
             if not isinstance(url, str):
-                raise ApiError(400, "invalid message format")
+                raise StatusError("invalid message format", 400)
             images.append(decode_image_url(url))
         else:
-            raise ApiError(400, "invalid message format")
+            raise StatusError("invalid message format", 400)
     return "\n".join(texts), images
 
 
@@ -83,9 +86,9 @@ def tool_arguments(arguments: str | dict[str, Any]) -> dict[str, Any]:
     try:
         value = json.loads(arguments)
     except json.JSONDecodeError:
-        raise ApiError(400, "invalid tool call arguments") from None
+        raise StatusError("invalid tool call arguments", 400) from None
     if not isinstance(value, dict):
-        raise ApiError(400, "invalid tool call arguments")
+        raise StatusError("invalid tool call arguments", 400)
     return value
 
 
@@ -123,7 +126,7 @@ def chat_messages(messages: list[ChatMessage]) -> list[Message]:
         elif m.tool_calls:
             content = ""  # content is optional only beside tool calls
         else:
-            raise ApiError(400, "invalid message content type: null")
+            raise StatusError("invalid message content type: null", 400)
         tool_name = None
         if m.role.lower() == "tool":
             tool_name = m.name or (_name_for_call_id(messages, m.tool_call_id or "") or None)
@@ -176,16 +179,16 @@ def think_value(effort: str | None) -> bool | str | None:
     if not effort:
         return None
     if effort not in EFFORTS:
-        raise ApiError(
-            400,
+        raise StatusError(
             f'invalid reasoning value: \'{effort}\' (must be "high", "medium", "low", or "none")',
+            400,
         )
     return False if effort == "none" else effort
 
 
 def chat_request(req: ChatCompletionRequest) -> ChatRequest:
     if not req.messages:
-        raise ApiError(400, "[] is too short - 'messages'")
+        raise StatusError("[] is too short - 'messages'", 400)
     effort = (req.reasoning or Reasoning()).effort or req.reasoning_effort
     max_tokens = (
         req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
@@ -207,7 +210,7 @@ def generate_request(req: TextCompletionRequest) -> GenerateRequest:
     prompt = req.prompt
     if isinstance(prompt, list):
         if len(prompt) != 1:
-            raise ApiError(400, "only a single prompt string is supported")
+            raise StatusError("only a single prompt string is supported", 400)
         prompt = prompt[0]
     top = max(req.logprobs or 0, 0)
     return GenerateRequest(
@@ -218,4 +221,21 @@ def generate_request(req: TextCompletionRequest) -> GenerateRequest:
         options=sampling_options(req, req.max_tokens),
         logprobs=top > 0,
         top_logprobs=top,
+    )
+
+
+def tool_call(call: dict[str, Any], position: int) -> OutToolCall:
+    """A worker tool call (arguments as an object) -> OpenAI's (arguments as JSON text)."""
+    function = call["function"]
+    return OutToolCall(
+        id=call.get("id", ""),
+        index=int(function.get("index", position)),
+        type="function",
+        function=OutFunction(
+            name=function["name"],
+            # Compact, as Go's json.Marshal writes it in Ollama.
+            arguments=json.dumps(
+                function.get("arguments", {}), separators=(",", ":"), ensure_ascii=False
+            ),
+        ),
     )

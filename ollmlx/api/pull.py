@@ -1,25 +1,20 @@
-"""POST /api/pull, and the progress stream it shares with /api/create."""
+"""POST /api/pull: a model from Hugging Face, with Ollama's progress lines."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import msgspec
 from aiohttp import web
 
-from ..hub import HubError
-from ..names import InvalidName, parse_name
-from ..pull import Progress, Puller
-from ..quantize import ConvertError
-from .app import CONTEXT, ApiError, error_response
-from .native import read_body
-from .schemas import Status, encoder
+from ..acquire.pull import Puller
+from ..errors import StatusError
+from ..store.names import parse_name
+from .context import CONTEXT, read_body
+from .progress import PULLER, stream_progress
 
 log = logging.getLogger("ollmlx.api")
-
-PULLER = web.AppKey("puller", Puller)
 
 
 class PullRequest(msgspec.Struct):
@@ -30,73 +25,6 @@ class PullRequest(msgspec.Struct):
 
 
 _pull_decoder = msgspec.json.Decoder(PullRequest)
-# Failures a progress stream turns into an error status or a last `{"error"}` line.
-STREAM_ERRORS = (HubError, ConvertError, ApiError, OSError, ValueError)
-
-
-def _status(event: Progress | str) -> Status:
-    if isinstance(event, str):
-        return Status(event)
-    return Status(event.status, event.digest, event.total, event.completed)
-
-
-def _code(exc: BaseException) -> int:
-    return int(getattr(exc, "status", 500))
-
-
-def _line(obj: object) -> bytes:
-    return encoder.encode(obj) + b"\n"
-
-
-async def stream_progress(
-    request: web.Request, events: AsyncIterator[Progress | str], stream: bool
-) -> web.StreamResponse:
-    """Status lines as NDJSON (or the last one as JSON when `stream` is false).
-
-    The first line is held back until a second arrives: an error that early (model not
-    found, unsupported) still gets a real HTTP status instead of a 200 stream.
-    """
-    async with contextlib.aclosing(events):  # type: ignore[type-var]
-        if not stream:
-            last: Status | None = None
-            try:
-                async for event in events:
-                    last = _status(event)
-            except STREAM_ERRORS as exc:
-                return error_response(_code(exc), str(exc))
-            return web.Response(body=encoder.encode(last), content_type="application/json")
-        response: web.StreamResponse | None = None
-        held: list[Status] = []
-        try:
-            async for event in events:
-                held.append(_status(event))
-                if response is None and len(held) < 2:
-                    continue
-                if response is None:
-                    response = await _prepare(request)
-                for status in _drain(held):
-                    await response.write(_line(status))
-        except STREAM_ERRORS as exc:
-            if response is None:
-                return error_response(_code(exc), str(exc))
-            await response.write(_line({"error": str(exc)}))
-        if response is None:
-            response = await _prepare(request)
-        for status in _drain(held):
-            await response.write(_line(status))
-        await response.write_eof()
-        return response
-
-
-def _drain(held: list[Status]) -> Iterator[Status]:
-    while held:
-        yield held.pop(0)
-
-
-async def _prepare(request: web.Request) -> web.StreamResponse:
-    response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
-    await response.prepare(request)
-    return response
 
 
 async def pull(request: web.Request) -> web.StreamResponse:
@@ -104,8 +32,8 @@ async def pull(request: web.Request) -> web.StreamResponse:
     name = req.model or req.name
     try:
         parse_name(name)
-    except InvalidName:
-        raise ApiError(400, "invalid model name") from None
+    except StatusError:
+        raise StatusError("invalid model name", 400) from None
     events = request.app[PULLER].pull(name)
     return await stream_progress(request, events, stream=req.stream is not False)
 

@@ -11,16 +11,25 @@ import random
 import time
 from typing import Any
 
+import msgspec
 from aiohttp import web
 
+from ..errors import StatusError
 from ..protocol import DoneEvent, Message, TokenEvent
-from .app import CONTEXT, ApiError
+from .completion import chat_completion, check_chat
+from .context import CONTEXT, read_body
 from .generation import run_completion
-from .native import chat_completion, check_chat, read_body
-from .openai import encoder, tool_call
-from .openai_convert import decode_image_url, require_model, think_value, tool_arguments
+from .openai_convert import (
+    decode_image_url,
+    require_model,
+    think_value,
+    tool_arguments,
+    tool_call,
+)
 from .openai_schemas import ResponsesRequest, responses_decoder
 from .schemas import ChatRequest
+
+encoder = msgspec.json.Encoder()
 
 
 def _content(content: Any) -> tuple[str, list[str]]:
@@ -28,7 +37,7 @@ def _content(content: Any) -> tuple[str, list[str]]:
     if content is None or isinstance(content, str):
         return content or "", []
     if not isinstance(content, list):
-        raise ApiError(400, "content must be a string or array")
+        raise StatusError("content must be a string or array", 400)
     text, images = "", []
     for part in content:
         kind = part.get("type") if isinstance(part, dict) else None
@@ -38,9 +47,9 @@ def _content(content: Any) -> tuple[str, list[str]]:
             if part.get("image_url"):  # file_id images are not supported: skipped, as in Ollama
                 images.append(decode_image_url(str(part["image_url"])))
         elif kind == "input_file":
-            raise ApiError(400, "file inputs are not currently supported")
+            raise StatusError("file inputs are not currently supported", 400)
         else:
-            raise ApiError(400, f"unknown content type: {kind}")
+            raise StatusError(f"unknown content type: {kind}", 400)
     return text, images
 
 
@@ -84,9 +93,9 @@ def _input_messages(items: list[dict[str, Any]]) -> list[Message]:
                 )
             )
         elif not kind:
-            raise ApiError(400, "input item missing required 'type' field")
+            raise StatusError("input item missing required 'type' field", 400)
         else:
-            raise ApiError(400, f'unknown input item type: "{kind}"')
+            raise StatusError(f'unknown input item type: "{kind}"', 400)
     if thinking:
         out.append(Message(role="assistant", thinking=thinking))
     return out
@@ -95,7 +104,7 @@ def _input_messages(items: list[dict[str, Any]]) -> list[Message]:
 def _tool(tool: dict[str, Any]) -> dict[str, Any]:
     """Responses tools are flat ({type, name, parameters}); templates want chat's nesting."""
     if tool.get("type") != "function":
-        raise ApiError(400, f"unsupported tool type: {tool.get('type')}")
+        raise StatusError(f"unsupported tool type: {tool.get('type')}", 400)
     function = {
         k: tool[k] for k in ("name", "description", "parameters") if tool.get(k) is not None
     }
@@ -111,14 +120,14 @@ def _format(text: dict[str, Any] | None) -> Any:
 
 def chat_request(req: ResponsesRequest) -> ChatRequest:
     if req.previous_response_id:
-        raise ApiError(400, "previous_response_id is not supported: responses are not stored")
+        raise StatusError("previous_response_id is not supported: responses are not stored", 400)
     messages = [Message(role="system", content=req.instructions)] if req.instructions else []
     if isinstance(req.input, str):
         messages += [Message(role="user", content=req.input)] if req.input else []
     else:
         messages += _input_messages(req.input)
     if not any(m.role != "system" for m in messages):
-        raise ApiError(400, "input is required")
+        raise StatusError("input is required", 400)
     options: dict[str, Any] = {"temperature": 1.0 if req.temperature is None else req.temperature}
     if req.top_p is not None:
         options["top_p"] = req.top_p

@@ -6,14 +6,21 @@ Ollama omits when empty are omitted here too (`omit_defaults`).
 
 from __future__ import annotations
 
-import time
 from datetime import datetime
 from typing import Any
 
 import msgspec
 
-from ..modelinfo import Details
-from ..protocol import Message, StreamAs, TokenEvent, TokenLogprob
+from ..protocol import Message
+from ..store.modelinfo import Details
+from ..wire import (  # noqa: F401  (re-exported: the routes' shapes in one place)
+    ChatChunk,
+    GenerateChunk,
+    OutMessage,
+    chat_chunk,
+    generate_chunk,
+    now_rfc3339,
+)
 
 
 class GenerateRequest(msgspec.Struct):
@@ -78,47 +85,6 @@ class CreateRequest(msgspec.Struct, rename={"from_": "from"}):
     stream: bool | None = None
 
 
-class GenerateChunk(msgspec.Struct, omit_defaults=True):
-    model: str
-    created_at: str
-    response: str
-    done: bool
-    thinking: str | None = None
-    done_reason: str | None = None
-    context: list[int] | None = None
-    logprobs: list[TokenLogprob] | None = None
-    total_duration: int = 0
-    load_duration: int = 0
-    prompt_eval_count: int = 0
-    prompt_eval_duration: int = 0
-    eval_count: int = 0
-    eval_duration: int = 0
-
-
-class OutMessage(msgspec.Struct, omit_defaults=True):
-    """An assistant message in a response: `role` and `content` are always present."""
-
-    role: str
-    content: str
-    thinking: str | None = None
-    tool_calls: list[dict[str, Any]] | None = None
-
-
-class ChatChunk(msgspec.Struct, omit_defaults=True):
-    model: str
-    created_at: str
-    message: OutMessage
-    done: bool
-    done_reason: str | None = None
-    logprobs: list[TokenLogprob] | None = None
-    total_duration: int = 0
-    load_duration: int = 0
-    prompt_eval_count: int = 0
-    prompt_eval_duration: int = 0
-    eval_count: int = 0
-    eval_duration: int = 0
-
-
 class ListedModel(msgspec.Struct):
     name: str
     model: str
@@ -159,52 +125,9 @@ class Status(msgspec.Struct, omit_defaults=True):
     completed: int = 0
 
 
-def now_rfc3339() -> str:
-    """UTC with nanoseconds, trailing zeros trimmed, as Go's RFC3339Nano writes it."""
-    ns = time.time_ns()
-    seconds, frac = divmod(ns, 1_000_000_000)
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
-    digits = f"{frac:09d}".rstrip("0")
-    return f"{stamp}.{digits}Z" if digits else f"{stamp}Z"
-
-
 encoder = msgspec.json.Encoder()
 generate_decoder = msgspec.json.Decoder(GenerateRequest)
 chat_decoder = msgspec.json.Decoder(ChatRequest)
 model_decoder = msgspec.json.Decoder(ModelRequest)
 copy_decoder = msgspec.json.Decoder(CopyRequest)
 create_decoder = msgspec.json.Decoder(CreateRequest)
-
-
-def generate_chunk(model: str, event: TokenEvent | None) -> GenerateChunk:
-    """/api/generate's chunk for one token event (None: an empty one, for the final chunk)."""
-    return GenerateChunk(
-        model=model,
-        created_at=now_rfc3339(),
-        response=event.text if event else "",
-        done=False,
-        thinking=(event.thinking or None) if event else None,
-        logprobs=event.logprobs if event else None,
-    )
-
-
-def chat_chunk(model: str, event: TokenEvent | None) -> ChatChunk:
-    """/api/chat's chunk for one token event (None: an empty one, for the final chunk)."""
-    message = OutMessage(
-        role="assistant",
-        content=event.text if event else "",
-        thinking=(event.thinking or None) if event else None,
-        tool_calls=event.tool_calls if event else None,
-    )
-    return ChatChunk(
-        model=model,
-        created_at=now_rfc3339(),
-        message=message,
-        done=False,
-        logprobs=event.logprobs if event else None,
-    )
-
-
-def token_chunk(stream_as: StreamAs, event: TokenEvent) -> GenerateChunk | ChatChunk:
-    """The finished line a worker writes for a token when asked to (`stream_as`)."""
-    return (chat_chunk if stream_as.chat else generate_chunk)(stream_as.model, event)

@@ -17,12 +17,13 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
+from ..errors import StatusError
+from ..store.aliases import HubRef, resolve
+from ..store.catalog import Manifest, Store, StoredModel
+from ..store.modelinfo import describe
+from ..store.names import parse_name
 from . import hub
-from .aliases import HubRef, UnknownModel, resolve
-from .hub import HubError, Plan, RemoteFile
-from .modelinfo import describe
-from .names import parse_name
-from .store import Manifest, Store, StoredModel
+from .hub import Plan, RemoteFile
 
 log = logging.getLogger("ollmlx.pull")
 
@@ -111,8 +112,8 @@ class Puller:
         name = parse_name(text)
         try:
             ref = resolve(name)
-        except UnknownModel as exc:
-            raise HubError(str(exc), 404) from None
+        except StatusError as exc:
+            raise StatusError(str(exc), 404) from None
         yield Progress("pulling manifest")
         job = self._job(ref)
         async for event in job.follow():
@@ -137,14 +138,14 @@ class Puller:
             await self._fetch(job, job.plan)
             job.finish()
         except hub.Cancelled as exc:
-            job.finish(HubError("pull canceled", 499))
+            job.finish(StatusError("pull canceled", 499))
             log.debug("pull of %s canceled: %s", ref, exc)
-        except HubError as exc:
+        except StatusError as exc:
             log.warning("pull of %s failed: %s", ref, exc)
             job.finish(exc)
         except Exception as exc:  # anything else still ends every follower's stream
             log.exception("pull of %s failed", ref)
-            job.finish(HubError(f"pull failed: {exc}"))
+            job.finish(StatusError(f"pull failed: {exc}"))
         finally:
             if self._jobs.get(key) is job:
                 del self._jobs[key]
@@ -172,7 +173,7 @@ class Puller:
             got = await asyncio.to_thread(hub.sha256_file, remote.path)
             if remote.sha256 and got != remote.sha256:
                 await asyncio.to_thread(hub.discard, remote.path)
-                raise HubError(
+                raise StatusError(
                     "digest mismatch, file must be downloaded again: "
                     f"want sha256:{remote.sha256}, got sha256:{got} ({remote.name})"
                 )

@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from ..errors import StatusError
+
 DEFAULT_HOST = "registry.ollama.ai"
 DEFAULT_NAMESPACE = "library"
 DEFAULT_TAG = "latest"
@@ -20,10 +22,6 @@ HF_HOSTS = frozenset({"hf.co", "huggingface.co", "www.huggingface.co"})
 _PART = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,79}")
 _HOST = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:-]{0,349}")
 _TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,79}")
-
-
-class InvalidName(ValueError):
-    pass
 
 
 @dataclass(frozen=True)
@@ -49,10 +47,10 @@ class ModelName:
 
 
 def parse_name(text: str) -> ModelName:
-    """Parse and validate a model name; raise InvalidName with a readable reason."""
+    """Parse and validate a model name; raise StatusError with a readable reason."""
     raw = text.strip()
     if not raw:
-        raise InvalidName("model name is empty")
+        raise StatusError("model name is empty", 400)
     if raw.startswith(("http://", "https://")):
         raw = raw.split("://", 1)[1]
     base, tag = raw, DEFAULT_TAG
@@ -61,7 +59,7 @@ def parse_name(text: str) -> ModelName:
         base, tag = raw[: len(raw) - len(last)] + last.split(":", 1)[0], last.split(":", 1)[1]
     pieces = base.split("/")
     if len(pieces) > 3:
-        raise InvalidName(f"invalid model name {text!r}: too many '/' parts")
+        raise StatusError(f"invalid model name {text!r}: too many '/' parts", 400)
     host, namespace = DEFAULT_HOST, DEFAULT_NAMESPACE
     if len(pieces) == 3:
         host, namespace, model = pieces
@@ -72,7 +70,7 @@ def parse_name(text: str) -> ModelName:
     checks = ((host, _HOST), (namespace, _PART), (model, _PART), (tag, _TAG))
     for part, pattern in checks:
         if not pattern.fullmatch(part) or part in (".", "..") or ".." in part:
-            raise InvalidName(f"invalid model name {text!r}")
+            raise StatusError(f"invalid model name {text!r}", 400)
     if host.lower() in HF_HOSTS:
         host = DEFAULT_HOST
     return ModelName(host, namespace, model, tag)

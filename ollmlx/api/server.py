@@ -9,8 +9,8 @@ import sys
 
 from aiohttp import web
 
-from .api.app import create_app
-from .config import Settings
+from ..config import Settings
+from .app import create_app
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 LOG_BACKUPS = 5  # rotated files kept next to the log file: server.log.1 ... .5

@@ -31,8 +31,9 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 
-from .aliases import HubRef
-from .architectures import unsupported_reason
+from ..architectures import unsupported_reason
+from ..errors import StatusError
+from ..store.aliases import HubRef
 
 # Files mlx-lm needs (its own download list, minus *.py: remote code is never run).
 ALLOW_PATTERNS = (
@@ -52,14 +53,6 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")
 constants.DOWNLOAD_CHUNK_SIZE = 256 << 10
 # One INFO line per HTTP request is noise in the server log.
 logging.getLogger("httpx2").setLevel(logging.WARNING)
-
-
-class HubError(Exception):
-    """A pull failure with the HTTP status it should be answered with."""
-
-    def __init__(self, message: str, status: int = 500) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 class Cancelled(Exception):
@@ -102,34 +95,34 @@ def _wanted(name: str) -> bool:
     return "/" not in name and any(fnmatch.fnmatch(name, p) for p in ALLOW_PATTERNS)
 
 
-def _hub_error(ref: HubRef, exc: Exception) -> HubError:
+def _hub_error(ref: HubRef, exc: Exception) -> StatusError:
     endpoint = constants.ENDPOINT
     if isinstance(exc, GatedRepoError):
-        return HubError(
+        return StatusError(
             f"{ref.repo_id} is gated: accept its terms on the Hub and set HF_TOKEN", 403
         )
     if isinstance(exc, RevisionNotFoundError):
-        return HubError(
+        return StatusError(
             f"pull model manifest: revision {ref.revision!r} of {ref.repo_id} not found", 404
         )
     if isinstance(exc, RepositoryNotFoundError):
-        return HubError(
+        return StatusError(
             f"pull model manifest: file does not exist: {ref.repo_id} not found at {endpoint}", 404
         )
     if isinstance(exc, HfHubHTTPError):
-        return HubError(f"pull model manifest: {endpoint} answered: {exc}", 502)
-    return HubError(f"pull model manifest: could not reach {endpoint}: {exc}", 502)
+        return StatusError(f"pull model manifest: {endpoint} answered: {exc}", 502)
+    return StatusError(f"pull model manifest: could not reach {endpoint}: {exc}", 502)
 
 
 def _check(plan: Plan) -> None:
     """Refuse what mlx-lm cannot run, before any weights are fetched."""
     names = {f.name for f in plan.files}
     if "config.json" not in names:
-        raise HubError(
+        raise StatusError(
             f"{plan.ref.repo_id} has no config.json: it is not a model ollmlx can run", 400
         )
     if not any(f.is_weights for f in plan.files):
-        raise HubError(
+        raise StatusError(
             f"{plan.ref.repo_id} has no safetensors weights (model*.safetensors): ollmlx runs "
             "MLX/safetensors models; try an mlx-community conversion",
             400,
@@ -185,7 +178,7 @@ def _plan_offline(ref: HubRef) -> Plan:
             )
         )
     except (LocalEntryNotFoundError, OSError, ValueError):
-        raise HubError(
+        raise StatusError(
             f"{ref} is not in the Hugging Face cache and HF_HUB_OFFLINE is set: "
             "unset it (or pull while online) to download it",
             404,
@@ -207,10 +200,10 @@ def _read_config(plan: Plan) -> None:
     try:
         plan.config = json.loads(config_file.path.read_text())
     except ValueError:
-        raise HubError(f"{plan.ref.repo_id}: config.json is not valid JSON", 400) from None
+        raise StatusError(f"{plan.ref.repo_id}: config.json is not valid JSON", 400) from None
     reason = unsupported_reason(plan.config)
     if reason:
-        raise HubError(f"{plan.ref.repo_id}: {reason}", 400)
+        raise StatusError(f"{plan.ref.repo_id}: {reason}", 400)
 
 
 def cached_path(plan: Plan, remote: RemoteFile) -> Path | None:
@@ -230,7 +223,7 @@ def check_disk_space(plan: Plan, store_dir: Path) -> None:
     for folder, needed in needs:
         free = shutil.disk_usage(_existing(folder)).free
         if needed > free:
-            raise HubError(
+            raise StatusError(
                 f"not enough disk space to pull {plan.ref}: needs {needed / 1e9:.2f} GB, "
                 f"{free / 1e9:.2f} GB free in {_existing(folder)}",
                 507,
@@ -284,12 +277,12 @@ def download(
         raise
     except OSError as exc:
         if exc.errno == errno.ENOSPC:
-            raise HubError(
+            raise StatusError(
                 f"no space left on device while downloading {remote.name}", 507
             ) from None
-        raise HubError(f"downloading {remote.name} failed: {_first_line(exc)}", 502) from None
+        raise StatusError(f"downloading {remote.name} failed: {_first_line(exc)}", 502) from None
     except Exception as exc:
-        raise HubError(
+        raise StatusError(
             f"lost connection while downloading {remote.name}: {_first_line(exc)}", 502
         ) from None
     return Path(path)

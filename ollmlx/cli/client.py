@@ -7,7 +7,7 @@ import json
 from collections.abc import Generator
 from typing import Any
 
-from .config import Settings
+from ..config import Settings
 
 
 class ClientError(Exception):

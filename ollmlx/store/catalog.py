@@ -22,9 +22,9 @@ from typing import Any
 
 import msgspec
 
+from ..protocol import Message
 from .modelinfo import Details
 from .names import ModelName, parse_name
-from .protocol import Message
 
 
 class Manifest(msgspec.Struct, omit_defaults=True):

@@ -1,4 +1,4 @@
-"""The `ollmlx` command: `serve`, and client commands that talk to the server at OLLAMA_HOST."""
+"""Model management commands: list, ps, show, create, cp, rm, stop."""
 
 from __future__ import annotations
 
@@ -8,10 +8,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from . import __version__
+from ..errors import StatusError
+from ..store.modelfile import parse_modelfile
 from .client import Client, ClientError
-from .config import ConfigError, load_settings
-from .modelfile import ModelfileError, parse_modelfile
 
 
 def human_size(size: float) -> str:
@@ -143,7 +142,7 @@ def cmd_create(client: Client, args: argparse.Namespace) -> None:
         raise ClientError(f"open {path}: no such file or directory")
     try:
         request = create_request(args.model, path)
-    except ModelfileError as exc:
+    except StatusError as exc:
         raise ClientError(str(exc)) from None
     if args.quantize:
         request["quantize"] = args.quantize
@@ -164,116 +163,3 @@ def cmd_rm(client: Client, args: argparse.Namespace) -> None:
 
 def cmd_stop(client: Client, args: argparse.Namespace) -> None:
     client.request("POST", "/api/generate", {"model": args.model, "keep_alive": 0})
-
-
-def cmd_pull(client: Client, args: argparse.Namespace) -> None:
-    from .cli_pull import cmd_pull
-
-    cmd_pull(client, args)
-
-
-def cmd_run(client: Client, args: argparse.Namespace) -> None:
-    from .cli_run import run
-
-    run(client, args)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="ollmlx", description="Large language models on MLX, with Ollama's API and CLI."
-    )
-    parser.add_argument("-v", "--version", action="store_true", help="show the version")
-    sub = parser.add_subparsers(dest="command")
-    sub.add_parser("serve", help="start the server")
-    run = sub.add_parser("run", help="run a model")
-    run.add_argument("model")
-    run.add_argument("prompt", nargs="*")
-    run.add_argument("--verbose", action="store_true", help="show timings for the response")
-    run.add_argument("--format", default="", help='response format (e.g. "json")')
-    run.add_argument("--keepalive", default=None, help="how long the model stays loaded")
-    run.add_argument("--think", nargs="?", const="true", default=None)
-    run.add_argument("--hidethinking", action="store_true")
-    run.add_argument("--nowordwrap", action="store_true", help="don't wrap words to the terminal")
-    run.add_argument("--insecure", action="store_true", help="accepted for Ollama compatibility")
-    for name, helptext in (
-        ("list", "list models"),
-        ("ls", "list models"),
-        ("ps", "running models"),
-    ):
-        sub.add_parser(name, help=helptext)
-    show = sub.add_parser("show", help="show information for a model")
-    show.add_argument("model")
-    for flag in ("modelfile", "template", "system", "parameters", "license"):
-        show.add_argument(f"--{flag}", action="store_true")
-    create = sub.add_parser("create", help="create a model from a Modelfile")
-    create.add_argument("model")
-    create.add_argument("-f", "--file", default="Modelfile")
-    create.add_argument("-q", "--quantize", default=None, help="quantize: q4_K_M, q4_0, q8_0")
-    pull = sub.add_parser("pull", help="pull a model from Hugging Face")
-    pull.add_argument("model")
-    pull.add_argument("--insecure", action="store_true", help="accepted for Ollama compatibility")
-    cp = sub.add_parser("cp", help="copy a model")
-    cp.add_argument("source")
-    cp.add_argument("destination")
-    rm = sub.add_parser("rm", help="remove models")
-    rm.add_argument("models", nargs="+")
-    stop = sub.add_parser("stop", help="unload a running model")
-    stop.add_argument("model")
-    service = sub.add_parser("service", help="run the server in the background (launchd/systemd)")
-    service.add_argument(
-        "action", choices=("install", "uninstall", "start", "stop", "status", "logs")
-    )
-    service.add_argument("-n", "--lines", type=int, default=50, help="logs: lines to show")
-    service.add_argument("-f", "--follow", action="store_true", help="logs: keep printing")
-    return parser
-
-
-COMMANDS = {
-    "list": cmd_list,
-    "ls": cmd_list,
-    "ps": cmd_ps,
-    "show": cmd_show,
-    "create": cmd_create,
-    "cp": cmd_copy,
-    "rm": cmd_rm,
-    "stop": cmd_stop,
-    "run": cmd_run,
-    "pull": cmd_pull,
-}
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        settings = load_settings()
-    except ConfigError as exc:
-        print(f"Error: {exc}", file=sys.stderr)
-        sys.exit(1)
-    if args.version:
-        print(f"ollmlx version is {__version__}")
-        return
-    if args.command == "serve":
-        from .server import serve
-
-        serve(settings)
-        return
-    if args.command is None:
-        parser.print_help()
-        return
-    if args.command == "service":
-        from .service import ServiceError
-        from .service import main as service_main
-
-        try:
-            sys.exit(service_main(args))
-        except (ServiceError, ClientError, OSError) as exc:
-            print(f"Error: {exc}", file=sys.stderr)
-            sys.exit(1)
-    try:
-        COMMANDS[args.command](Client(settings), args)
-    except ClientError as exc:
-        print(f"Error: {exc}", file=sys.stderr)
-        sys.exit(1)
-    except KeyboardInterrupt:
-        sys.exit(130)

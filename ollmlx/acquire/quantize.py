@@ -14,6 +14,8 @@ import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+from ..errors import StatusError
+
 # Ollama's names map to the nearest MLX affine quantization (group size 64).
 QUANT_BITS = {
     "q4_k_m": 4,
@@ -27,17 +29,11 @@ QUANT_BITS = {
 GROUP_SIZE = 64
 
 
-class ConvertError(Exception):
-    def __init__(self, message: str, status: int = 500) -> None:
-        super().__init__(message)
-        self.status = status
-
-
 def quant_bits(text: str) -> int:
     bits = QUANT_BITS.get(text.strip().lower())
     if bits is None:
         known = ", ".join(QUANT_BITS)
-        raise ConvertError(f"unsupported quantization type {text} (supported: {known})", 400)
+        raise StatusError(f"unsupported quantization type {text} (supported: {known})", 400)
     return bits
 
 
@@ -77,7 +73,7 @@ async def convert(src: Path, dst: Path, bits: int) -> AsyncIterator[str]:
             reason = next((t for t in reversed(tail) if t.startswith("error: ")), "")
             message = reason.removeprefix("error: ") or " | ".join(tail) or "conversion failed"
             code = 400 if "only supported for" in message else 500
-            raise ConvertError(message, code)
+            raise StatusError(message, code)
     finally:
         if proc.returncode is None:  # the client went away: stop the conversion
             proc.kill()

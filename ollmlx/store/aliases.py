@@ -12,13 +12,10 @@ import json
 from dataclasses import dataclass
 from importlib import resources
 
+from ..errors import StatusError
 from .names import DEFAULT_HOST, DEFAULT_NAMESPACE, DEFAULT_TAG, ModelName
 
 DEFAULT_REVISION = "main"
-
-
-class UnknownModel(LookupError):
-    """A library name with no alias: there is nothing to pull."""
 
 
 @dataclass(frozen=True)
@@ -44,21 +41,25 @@ def alias_table() -> dict[str, dict[str, str]]:
 def resolve(name: ModelName) -> HubRef:
     """The Hugging Face repo and revision a parsed name pulls from."""
     if name.host != DEFAULT_HOST:
-        raise UnknownModel(f"pulling from {name.host} is not supported: use a Hugging Face repo")
+        raise StatusError(
+            f"pulling from {name.host} is not supported: use a Hugging Face repo", 404
+        )
     if name.namespace != DEFAULT_NAMESPACE:
         revision = DEFAULT_REVISION if name.tag.lower() == DEFAULT_TAG else name.tag
         return HubRef(f"{name.namespace}/{name.model}", revision)
     tags = alias_table().get(name.model.lower())
     if tags is None:
-        raise UnknownModel(
+        raise StatusError(
             f"pull model manifest: file does not exist: {name.model!r} is not a known model "
-            "name; pull a Hugging Face repo instead, e.g. mlx-community/Llama-3.2-1B-Instruct-4bit"
+            "name; pull a Hugging Face repo instead, e.g. mlx-community/Llama-3.2-1B-Instruct-4bit",
+            404,
         )
     repo = tags.get(name.tag.lower())
     if repo is None:
         known = ", ".join(sorted(tags))
-        raise UnknownModel(
+        raise StatusError(
             f"pull model manifest: file does not exist: {name.model!r} has no tag "
-            f"{name.tag!r} (known tags: {known})"
+            f"{name.tag!r} (known tags: {known})",
+            404,
         )
     return HubRef(repo, DEFAULT_REVISION, alias=name.display)

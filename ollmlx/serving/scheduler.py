@@ -15,17 +15,14 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
-from .config import Settings
-from .runner import WorkerError, WorkerProcess, WorkerSpec
-from .store import StoredModel
+from ..config import Settings
+from ..errors import StatusError
+from ..store.catalog import StoredModel
+from .runner import WorkerProcess, WorkerSpec
 
 log = logging.getLogger("ollmlx.scheduler")
 
 QUEUE_FULL = "server busy, please try again.  maximum pending requests exceeded"
-
-
-class QueueFull(Exception):
-    pass
 
 
 @dataclass(eq=False)
@@ -94,7 +91,7 @@ class Scheduler:
         """Hold a loaded worker for one request; queue when all its slots are busy."""
         keep = self._settings.keep_alive if keep_alive is None else keep_alive
         if self._pending >= self._settings.max_queue:
-            raise QueueFull(QUEUE_FULL)
+            raise StatusError(QUEUE_FULL, 503)
         self._pending += 1
         started = time.perf_counter_ns()
         try:
@@ -163,7 +160,7 @@ class Scheduler:
                 if ref is not None:
                     break
                 if estimate > self._settings.memory_budget:
-                    raise WorkerError(
+                    raise StatusError(
                         f"model {name} needs about {_size(estimate)} but the memory budget is "
                         f"{_size(self._settings.memory_budget)} (OLLMLX_MEMORY_BUDGET)"
                     )
@@ -208,7 +205,7 @@ class Scheduler:
             return
         wait = failure.retry_at - time.monotonic()
         if wait > 0:
-            raise WorkerError(f"{failure.error} (next start attempt in {wait:.1f}s)")
+            raise StatusError(f"{failure.error} (next start attempt in {wait:.1f}s)")
 
     async def _load_worker(self, ref: RunnerRef) -> None:
         name = ref.model.name.display
@@ -272,7 +269,7 @@ class Scheduler:
         # Shielded: a client that leaves does not abort a load that others may share.
         await asyncio.shield(ref.ready)
         if ref.worker.has_exited:
-            raise WorkerError(f"model runner for {ref.model.name.display} exited")
+            raise StatusError(f"model runner for {ref.model.name.display} exited")
 
     async def _release(self, ref: RunnerRef, keep_alive: float, holds_slot: bool) -> None:
         if holds_slot:

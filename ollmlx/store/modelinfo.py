@@ -9,7 +9,7 @@ from typing import Any
 
 import msgspec
 
-from .architectures import ENCODER_TYPES, is_encoder, runs_with_mlx_vlm
+from ..architectures import ENCODER_TYPES, is_encoder, runs_with_mlx_vlm
 
 WEIGHT_GLOB = "*.safetensors"
 

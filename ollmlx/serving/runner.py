@@ -21,7 +21,8 @@ from pathlib import Path
 
 import aiohttp
 
-from .protocol import (
+from ..errors import StatusError
+from ..protocol import (
     EVENT_PREFIX,
     SECRET_ENV,
     SECRET_HEADER,
@@ -50,14 +51,6 @@ RUNNER_STOPPED = (
     "model runner has unexpectedly stopped, this may be due to resource limitations "
     "or an internal error, check ollama server logs for details"
 )
-
-
-class WorkerError(Exception):
-    """A worker that failed to start or to answer; `status` is the HTTP code to give."""
-
-    def __init__(self, message: str, status: int = 500) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 @dataclass(frozen=True)
@@ -187,7 +180,7 @@ class WorkerProcess:
                     return
                 if health.status == "error":
                     await self.stop()
-                    raise WorkerError(f"error loading model: {health.error}")
+                    raise StatusError(f"error loading model: {health.error}")
                 if health.progress > progress:
                     progress, stall_deadline = (
                         health.progress,
@@ -195,7 +188,7 @@ class WorkerProcess:
                     )
             if time.monotonic() > stall_deadline:
                 await self.stop()
-                raise WorkerError(
+                raise StatusError(
                     f"timed out waiting for model {self.spec.name} to load after "
                     f"{self._load_timeout:g}s{self._tail_suffix()}"
                 )
@@ -204,7 +197,7 @@ class WorkerProcess:
 
     async def ping(self, timeout: float = 2.0) -> Health:
         if self.has_exited:
-            raise WorkerError(self._exit_message())
+            raise StatusError(self._exit_message())
         async with self._session.get(
             self._url("/health"),
             headers={SECRET_HEADER: self._secret},
@@ -216,7 +209,7 @@ class WorkerProcess:
         """A health check that only says yes or no (the monitor's question)."""
         try:
             await self.ping(timeout=timeout)
-        except (aiohttp.ClientError, asyncio.TimeoutError, WorkerError):
+        except (aiohttp.ClientError, asyncio.TimeoutError, StatusError):
             return False
         return True
 
@@ -232,7 +225,7 @@ class WorkerProcess:
             ) as response:
                 if response.status != 200:
                     body = await response.text()
-                    raise WorkerError(_error_text(body), response.status)
+                    raise StatusError(_error_text(body), response.status)
                 pending = b""
                 async for chunk in response.content.iter_any():
                     pending += chunk
@@ -245,7 +238,7 @@ class WorkerProcess:
         except aiohttp.ClientError as exc:
             await self._wait_exit(0.5)
             log.warning("worker %s stream broke: %s", self.spec.name, exc)
-            raise WorkerError(RUNNER_STOPPED) from exc
+            raise StatusError(RUNNER_STOPPED) from exc
 
     async def embed(self, request: EmbedRequest) -> EmbedResponse:
         """Vectors for `request.inputs`; a worker error keeps its status (400: too long)."""
@@ -258,12 +251,12 @@ class WorkerProcess:
             ) as response:
                 body = await response.read()
                 if response.status != 200:
-                    raise WorkerError(_error_text(body.decode(errors="replace")), response.status)
+                    raise StatusError(_error_text(body.decode(errors="replace")), response.status)
                 return embed_response_decoder.decode(body)
         except aiohttp.ClientError as exc:
             await self._wait_exit(0.5)
             log.warning("worker %s embed request broke: %s", self.spec.name, exc)
-            raise WorkerError(RUNNER_STOPPED) from exc
+            raise StatusError(RUNNER_STOPPED) from exc
 
     async def stop(self) -> None:
         """SIGTERM, wait, SIGKILL, and always reap so no zombie is left."""
@@ -299,12 +292,12 @@ class WorkerProcess:
             )
         except asyncio.TimeoutError:
             await self.stop()
-            raise WorkerError(
+            raise StatusError(
                 f"timed out waiting for the worker of {self.spec.name} to start"
             ) from None
         if not line:
             await self._wait_exit(2.0)
-            raise WorkerError(self._exit_message())
+            raise StatusError(self._exit_message())
         self._readers.append(asyncio.create_task(self._drain_stdout()))
         return int(json.loads(line)["port"])
 
@@ -334,7 +327,7 @@ class WorkerProcess:
             waiter.cancel()
         if self._proc.returncode is not None:
             await self._wait_exit(1.0)  # collects the last stderr lines
-            raise WorkerError(self._exit_message())
+            raise StatusError(self._exit_message())
 
     async def _wait_exit(self, seconds: float) -> bool:
         assert self._proc is not None

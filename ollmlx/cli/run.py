@@ -1,7 +1,7 @@
 """`ollmlx run MODEL [PROMPT]`: one answer for scripts, or an interactive chat.
 
 As `ollama run`: prompt arguments, piped stdin or a redirected stdout mean one answer
-(stdin is prepended to the arguments); otherwise a chat (cli_chat.py). A missing model
+(stdin is prepended to the arguments); otherwise a chat (chat.py). A missing model
 is pulled first: without asking for scripts, after a question in a terminal.
 """
 
@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from .client import Client, ClientError
+from .pull_view import cmd_pull
 from .terminal import Spinner, WordWrapper
 
 
@@ -74,27 +75,8 @@ def terminal_width(args: argparse.Namespace) -> int:
 
 
 def pull(client: Client, model: str) -> None:
-    """Pull with `ollmlx pull`'s progress display when it exists, else plain status lines."""
-    try:
-        from . import cli_pull  # type: ignore[attr-defined,unused-ignore]
-    except ImportError:
-        cli_pull = None
-    if cli_pull is not None and hasattr(cli_pull, "cmd_pull"):
-        cli_pull.cmd_pull(client, argparse.Namespace(model=model, insecure=False))
-        return
-    tty, last = sys.stderr.isatty(), ""
-    for part in client.stream("/api/pull", {"model": model}):
-        status = str(part.get("status", ""))
-        if part.get("total"):
-            status += f" {100 * part.get('completed', 0) // part['total']:3d}%"
-        if tty:  # one line, redrawn
-            sys.stderr.write(f"\r{status}\x1b[K")
-        elif status.split(" ")[:2] != last.split(" ")[:2]:  # one line per step
-            sys.stderr.write(status + "\n")
-        sys.stderr.flush()
-        last = status
-    if tty:
-        sys.stderr.write("\n")
+    """Pull with `ollmlx pull`'s progress display."""
+    cmd_pull(client, argparse.Namespace(model=model, insecure=False))
 
 
 def ensure_model(client: Client, model: str, ask: bool) -> None:
@@ -168,21 +150,3 @@ def run_once(client: Client, args: argparse.Namespace, prompt: str, width: int) 
         print("\n")
     if args.verbose:
         print_metrics(final)
-
-
-def run(client: Client, args: argparse.Namespace) -> None:
-    base_request(args)  # a bad --think fails before anything else, as in Ollama
-    prompt = " ".join(args.prompt)
-    width = terminal_width(args)
-    if not sys.stdin.isatty():
-        piped = sys.stdin.read()
-        prompt = " ".join(text for text in (piped, prompt) if text)
-        width = 0  # Ollama does not wrap piped input's answers
-    interactive = not prompt and sys.stdin.isatty() and sys.stdout.isatty()
-    ensure_model(client, args.model, ask=interactive)
-    if interactive:
-        from .cli_chat import chat
-
-        chat(client, args, width)
-    else:
-        run_once(client, args, prompt, width)

@@ -10,15 +10,12 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from .options import OptionError, parse_parameter
-from .protocol import Message
+from ..errors import StatusError
+from ..options import parse_parameter
+from ..protocol import Message
 
 COMMANDS = ("from", "license", "template", "system", "adapter", "parameter", "message")
 ROLES = ("system", "user", "assistant")
-
-
-class ModelfileError(ValueError):
-    pass
 
 
 @dataclass
@@ -41,7 +38,7 @@ def _read_value(text: str, pos: int) -> tuple[str, int]:
         if text.startswith(quote, pos):
             end = text.find(quote, pos + len(quote))
             if end < 0:
-                raise ModelfileError("unexpected EOF")
+                raise StatusError("unexpected EOF", 400)
             return text[pos + len(quote) : end], end + len(quote)
     end = text.find("\n", pos)
     end = len(text) if end < 0 else end
@@ -64,16 +61,17 @@ def parse_modelfile(text: str) -> Modelfile:
             continue
         match = _COMMAND.match(text, pos)
         if not match or match.group(1).lower() not in COMMANDS:
-            raise ModelfileError(
-                f"(line {line}): command must be one of " + ", ".join(f'"{c}"' for c in COMMANDS)
+            raise StatusError(
+                f"(line {line}): command must be one of " + ", ".join(f'"{c}"' for c in COMMANDS),
+                400,
             )
         command, pos = match.group(1).lower(), match.end()
         try:
             pos = _apply(result, command, text, pos)
-        except (ModelfileError, OptionError) as exc:
-            raise ModelfileError(f"(line {line}): {exc}") from None
+        except StatusError as exc:
+            raise StatusError(f"(line {line}): {exc}", 400) from None
     if not result.from_:
-        raise ModelfileError("no FROM line")
+        raise StatusError("no FROM line", 400)
     return result
 
 
@@ -81,11 +79,13 @@ def _apply(result: Modelfile, command: str, text: str, pos: int) -> int:
     if command in ("parameter", "message"):
         key_match = re.compile(r"([A-Za-z0-9_]+)[ \t]+").match(text, pos)
         if not key_match:
-            raise ModelfileError(f"missing value for {command}")
+            raise StatusError(f"missing value for {command}", 400)
         key, (value, pos) = key_match.group(1), _read_value(text, key_match.end())
         if command == "message":
             if key.lower() not in ROLES:
-                raise ModelfileError('message role must be one of "system", "user", or "assistant"')
+                raise StatusError(
+                    'message role must be one of "system", "user", or "assistant"', 400
+                )
             result.messages.append(Message(role=key.lower(), content=value))
         else:
             typed = parse_parameter(key, value)

@@ -269,8 +269,8 @@ def follow(
 
 def status(service: Service, out: TextIO) -> bool:
     """Print whether the service runs, its address and loaded models; True if it answers."""
+    from ..config import ConfigError, load_settings
     from .client import Client, ClientError
-    from .config import ConfigError, load_settings
 
     installed = service.unit_path.exists()
     state = ("loaded" if service.loaded() else "not loaded") if installed else "not installed"

@@ -10,9 +10,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .cli_run import base_request, ensure_model, print_metrics, stream_answer
+from ..errors import StatusError
+from ..options import parse_parameter
 from .client import Client, ClientError
-from .options import OptionError, parse_parameter
+from .manage import cmd_show
+from .run import base_request, ensure_model, print_metrics, stream_answer
 from .terminal import Spinner, WordWrapper
 
 HISTORY = Path("~/.ollmlx/history")
@@ -182,7 +184,7 @@ def set_command(session: Session, text: str) -> None:
             # stop takes every word; other parameters one typed value (Modelfile rules).
             parsed = parse_parameter(name, words[3])
             session.options[name] = words[3:] if name == "stop" else parsed
-        except OptionError as exc:
+        except StatusError as exc:
             print(f"Couldn't set parameter: {exc}")
             return
         print(f"Set parameter '{name}' to '{', '.join(words[3:])}'")
@@ -215,8 +217,6 @@ def set_command(session: Session, text: str) -> None:
 def show_command(client: Client, session: Session, words: list[str]) -> None:
     what = words[1] if len(words) > 1 else ""
     if what == "info":
-        from .cli import cmd_show
-
         flags = dict.fromkeys(("modelfile", "template", "system", "parameters", "license"), False)
         cmd_show(client, argparse.Namespace(model=session.model, **flags))
         return

@@ -1,0 +1,1 @@
+"""Getting models: from Hugging Face (hub, pull) and by conversion (quantize)."""

@@ -1,0 +1,1 @@
+"""The `ollmlx` command line: a client of the server at OLLAMA_HOST, plus `serve`."""

@@ -1,0 +1,1 @@
+"""Worker lifetimes: the scheduler decides, the runner owns each worker process."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -31,18 +32,24 @@ _DURATION_UNITS = {
 _DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
 
 
+# Go's longest time.Duration (math.MaxInt64 nanoseconds), which Ollama uses for "forever".
+MAX_DURATION = (2**63 - 1) / 1e9
+
+
 def parse_duration(value: str | float | int) -> float:
     """Seconds from a number (seconds) or a Go duration ("5m", "1h30m", "300ms").
 
-    Negative means forever and is returned as-is (the caller maps it to infinity).
+    Negative means forever and is returned as-is (the caller maps it to infinity). A
+    number beyond Go's longest duration is forever too (`math.inf`), so no clock ever
+    overflows; a duration string that long is an error, as Go's time.ParseDuration says.
     """
     if isinstance(value, bool):
         raise ValueError(f"invalid duration {value!r}")
     if isinstance(value, int | float):
-        return float(value)
+        return _clamp(float(value), value)
     text = value.strip()
     try:
-        return float(text)
+        return _clamp(float(text), value)
     except ValueError:
         pass
     sign = -1.0 if text.startswith("-") else 1.0
@@ -53,9 +60,15 @@ def parse_duration(value: str | float | int) -> float:
             break
         total += float(match.group(1)) * _DURATION_UNITS[match.group(2)]
         pos = match.end()
-    if pos != len(body) or not body:
+    if pos != len(body) or not body or total > MAX_DURATION:
         raise ValueError(f"invalid duration {value!r}")
     return sign * total
+
+
+def _clamp(seconds: float, value: object) -> float:
+    if math.isnan(seconds):
+        raise ValueError(f"invalid duration {value!r}")
+    return math.inf if seconds > MAX_DURATION else seconds
 
 
 def parse_host(value: str) -> tuple[str, int]:
@@ -110,8 +123,10 @@ class Settings:
     shutdown_grace: float = 10.0
     prompt_cache_bytes: int = 1 << 30  # per worker; 0 turns prompt caching off
     worker_memory_limit: int = 0  # bytes one worker may use; 0: what the OS has free
-    health_interval: float = 5.0  # seconds between health checks of loaded workers
-    health_timeout: float = 10.0  # a worker silent this long is hung: killed and replaced
+    # A worker is asked this often whether it lives; one silent for `health_timeout` (or
+    # whose engine died) is killed and replaced: a SIGSTOPped worker goes within ~5 s.
+    health_interval: float = 2.0
+    health_timeout: float = 3.0
     max_body_bytes: int = 64 << 20
     max_num_predict: int = 1 << 17
     max_num_ctx: int = 1 << 20
@@ -123,6 +138,9 @@ class Settings:
     def base_url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}"
+
+
+DEFAULTS = Settings()  # the one place every default lives; load_settings reads them here
 
 
 def _env(env: Mapping[str, str], name: str) -> str | None:
@@ -175,26 +193,29 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     max_loaded = _int(env, "OLLAMA_MAX_LOADED_MODELS", 0)
     log_file = _env(env, "OLLMLX_LOG_FILE")
     origins = tuple(o.strip() for o in (_env(env, "OLLAMA_ORIGINS") or "").split(",") if o.strip())
+    d = DEFAULTS
     return Settings(
         host=host,
         port=port,
-        models_dir=Path(models).expanduser() if models else Settings().models_dir,
-        keep_alive=_duration(env, "OLLAMA_KEEP_ALIVE", 300.0),
-        load_timeout=_duration(env, "OLLAMA_LOAD_TIMEOUT", 300.0),
-        debug=_int(env, "OLLAMA_DEBUG", 0),
-        num_parallel=_int(env, "OLLAMA_NUM_PARALLEL", 4, minimum=1),
-        max_queue=_int(env, "OLLAMA_MAX_QUEUE", 512, minimum=1),
-        max_loaded_models=max_loaded or 3,
+        models_dir=Path(models).expanduser() if models else d.models_dir,
+        keep_alive=_duration(env, "OLLAMA_KEEP_ALIVE", d.keep_alive),
+        load_timeout=_duration(env, "OLLAMA_LOAD_TIMEOUT", d.load_timeout),
+        debug=_int(env, "OLLAMA_DEBUG", d.debug),
+        num_parallel=_int(env, "OLLAMA_NUM_PARALLEL", d.num_parallel, minimum=1),
+        max_queue=_int(env, "OLLAMA_MAX_QUEUE", d.max_queue, minimum=1),
+        max_loaded_models=max_loaded or d.max_loaded_models,
         memory_budget=budget,
-        context_length=_int(env, "OLLAMA_CONTEXT_LENGTH", 4096, minimum=1),
+        context_length=_int(env, "OLLAMA_CONTEXT_LENGTH", d.context_length, minimum=1),
         origins=origins,
-        shutdown_grace=_duration(env, "OLLMLX_SHUTDOWN_GRACE", 10.0),
-        prompt_cache_bytes=_size(env, "OLLMLX_PROMPT_CACHE", 1 << 30, total_memory),
-        worker_memory_limit=_size(env, "OLLMLX_WORKER_MEMORY_LIMIT", 0, total_memory),
-        health_interval=_duration(env, "OLLMLX_HEALTH_INTERVAL", 5.0),
-        health_timeout=_duration(env, "OLLMLX_HEALTH_TIMEOUT", 10.0),
-        max_body_bytes=_size(env, "OLLMLX_MAX_BODY", 64 << 20, total_memory),
+        shutdown_grace=_duration(env, "OLLMLX_SHUTDOWN_GRACE", d.shutdown_grace),
+        prompt_cache_bytes=_size(env, "OLLMLX_PROMPT_CACHE", d.prompt_cache_bytes, total_memory),
+        worker_memory_limit=_size(
+            env, "OLLMLX_WORKER_MEMORY_LIMIT", d.worker_memory_limit, total_memory
+        ),
+        health_interval=_duration(env, "OLLMLX_HEALTH_INTERVAL", d.health_interval),
+        health_timeout=_duration(env, "OLLMLX_HEALTH_TIMEOUT", d.health_timeout),
+        max_body_bytes=_size(env, "OLLMLX_MAX_BODY", d.max_body_bytes, total_memory),
         log_file=Path(log_file).expanduser() if log_file else None,
-        log_max_bytes=max(1, _size(env, "OLLMLX_LOG_MAX_SIZE", 10 << 20, total_memory)),
+        log_max_bytes=max(1, _size(env, "OLLMLX_LOG_MAX_SIZE", d.log_max_bytes, total_memory)),
         no_openblas=(_env(env, "OLLMLX_NO_OPENBLAS") or "0").lower() not in ("0", "false"),
     )

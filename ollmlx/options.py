@@ -7,6 +7,7 @@ Unknown keys are ignored with a log line; a wrong type is a 400 with Ollama's wo
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -44,16 +45,35 @@ OPTION_TYPES: dict[str, str] = {
 }
 
 _SAMPLING_FIELDS = set(Sampling.__struct_fields__)
+# Stop strings are matched against every token's text: bound the work per token.
+MAX_STOPS, MAX_STOP_LENGTH = 64, 4096
+
+
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # Go's int: what Ollama's options hold
 
 
 def check_option(key: str, value: Any) -> Any:
-    """The value converted to the option's type, or StatusError with Ollama's message."""
+    """The value converted to the option's type, or StatusError with Ollama's message.
+
+    Numbers must also fit the engine: integers in 64 bits, floats finite.
+    """
     kind = OPTION_TYPES[key]
     is_number = isinstance(value, int | float) and not isinstance(value, bool)
     if kind == INT and is_number:
-        return int(value)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise StatusError(f'option "{key}" must be a finite integer', 400)
+        number = int(value)
+        if not INT64_MIN <= number <= INT64_MAX:
+            raise StatusError(f'option "{key}" is out of range (a 64-bit integer)', 400)
+        return number
     if kind == FLOAT and is_number:
-        return float(value)
+        try:
+            number = float(value)
+        except OverflowError:
+            number = math.inf
+        if not math.isfinite(number):
+            raise StatusError(f'option "{key}" must be a finite number', 400)
+        return number
     if kind == BOOL and isinstance(value, bool):
         return value
     if kind == STRINGS and isinstance(value, list):
@@ -106,4 +126,25 @@ def resolve_sampling(
         raise StatusError(f"num_ctx must be between 1 and {settings.max_num_ctx}", 400)
     if sampling.num_predict > settings.max_num_predict:
         raise StatusError(f"num_predict must be at most {settings.max_num_predict}", 400)
+    check_ranges(sampling)
     return sampling
+
+
+def check_ranges(sampling: Sampling) -> None:
+    """Values the sampler cannot take are the client's mistake (400), never the engine's.
+
+    top_k beyond the vocabulary and top_p above 1 simply turn that filter off (the worker
+    clamps them, as llama.cpp does); these have no meaning at all:
+    """
+    if not 0.0 <= sampling.min_p <= 1.0:
+        raise StatusError(f"min_p must be between 0 and 1, got {sampling.min_p:g}", 400)
+    if sampling.top_p < 0.0:
+        raise StatusError(f"top_p must be between 0 and 1, got {sampling.top_p:g}", 400)
+    if sampling.repeat_penalty < 0.0:
+        raise StatusError(
+            f"repeat_penalty must not be negative, got {sampling.repeat_penalty:g}", 400
+        )
+    if len(sampling.stop) > MAX_STOPS or any(len(s) > MAX_STOP_LENGTH for s in sampling.stop):
+        raise StatusError(
+            f"stop: at most {MAX_STOPS} strings of at most {MAX_STOP_LENGTH} characters", 400
+        )

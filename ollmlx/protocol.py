@@ -99,11 +99,13 @@ class TokenEvent(msgspec.Struct, omit_defaults=True, tag="token"):
 
 class DoneEvent(msgspec.Struct, omit_defaults=True, tag="done"):
     done_reason: str  # "stop" | "length"
-    prompt_eval_count: int
+    prompt_eval_count: int  # the whole prompt, as Ollama counts it
     prompt_eval_duration: int  # nanoseconds
     eval_count: int
     eval_duration: int  # nanoseconds
     context: list[int] | None = None
+    # Prompt tokens served from the prompt cache (OpenAI's usage.cached_tokens).
+    cached_count: int = 0
 
 
 class ErrorEvent(msgspec.Struct, tag="error"):

@@ -26,6 +26,8 @@ from .server import create_app
 
 log = logging.getLogger("ollmlx.worker")
 
+STOP_GRACE = 5.0  # seconds the engine thread gets to end its requests after SIGTERM
+
 
 def _exit_when_orphaned(parent_pid: int) -> None:
     """Exit as soon as the supervisor is gone, even after a SIGKILL of it.
@@ -65,10 +67,14 @@ async def _serve(app: web.Application, engine: Engine, port: int) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, stop.set)  # the handler only records; we act here
     await stop.wait()
     log.info("stopping")
+    # Requests still running get an error line from the engine, which then returns;
+    # the handlers write those lines before the server closes their connections.
     engine.close()
+    await asyncio.to_thread(engine.join, STOP_GRACE)
+    await runner.shutdown()
     await runner.cleanup()
 
 
@@ -80,6 +86,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--log-level", default="INFO")
     parser.add_argument("--memory-limit", type=int, default=0, help="bytes; 0: no limit")
     parser.add_argument("--prompt-cache-bytes", type=int, default=0, help="0: no prompt cache")
+    parser.add_argument("--max-body", type=int, default=64 << 20, help="request body limit")
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(),
@@ -91,7 +98,15 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"{SECRET_ENV} must be set")
     _exit_when_orphaned(os.getppid())
     engine = Engine(args.model_dir, args.adapter_dir, args.memory_limit, args.prompt_cache_bytes)
-    asyncio.run(_serve(create_app(engine, secret), engine, args.port))
+    asyncio.run(_serve(create_app(engine, secret, args.max_body), engine, args.port))
+    log.info("stopped")
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Skip interpreter teardown: daemon threads (pipe watchers) and MLX's own threads
+    # can abort it ("_enter_buffered_busy", "terminate called ..."), a crash report per
+    # unload on macOS. Everything worth keeping is flushed; the OS frees the rest.
+    os._exit(0)
 
 
 if __name__ == "__main__":

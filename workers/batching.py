@@ -4,40 +4,28 @@ Each request is one sequence in the batch with its own sampler (and seed), logit
 processors, token limit and stop strings. A new request joins the running batch at the
 next step; prefill runs in chunks between decode steps, so a long prompt does not freeze
 the other streams for its whole length.
+
+Failures stay with the request that caused them: an exception while turning one
+sequence's token into its events ends that sequence alone; a failed batch step (which no
+single sequence can be blamed for) ends the sequences of that step and starts a fresh
+generator, with the prompt cache emptied since its entries may hold the failed graph.
 """
 
 from __future__ import annotations
 
 import logging
-import time
-from dataclasses import dataclass, field
 from typing import Any
 
-from ollmlx.protocol import DoneEvent, ErrorEvent, TokenEvent, TokenLogprob
-
 from .constrain import GrammarProcessor, make_llg_tokenizer
-from .parsing import Parsed, ResponseParser
-from .prompts import starts_in_thinking
-from .sampling import StopMatcher, build_logits_processors, build_sampler
+from .faults import inject
+from .sampling import build_logits_processors, build_sampler
+from .sequence import Sequence, response_parser
 
 log = logging.getLogger("ollmlx.worker")
 
 PREFILL_STEP = 512  # prompt tokens per prefill chunk between two decode steps
 CACHE_KEY = "model"  # one model per worker: every cached prefix belongs to it
 MAX_CACHED_PREFIXES = 16
-
-
-@dataclass
-class Sequence:
-    job: Any  # engine.Job
-    prompt: list[int]
-    started: int  # perf_counter_ns at admission
-    detokenizer: Any
-    stops: StopMatcher
-    parser: ResponseParser
-    reused: int = 0  # prompt tokens served from the prompt cache
-    first_token_at: int = 0
-    generated: list[int] = field(default_factory=list)
 
 
 class BatchRunner:
@@ -58,68 +46,53 @@ class BatchRunner:
         )
         self._generator = self._make()
         self._active: dict[int, Sequence] = {}
-        self._vocab = int(model.args.vocab_size) if hasattr(model, "args") else 0
+        self._detokenizers: dict[int, Any] = {}
+        self.vocab_size = int(model.args.vocab_size) if hasattr(model, "args") else 0
         self._llg_tokenizer: Any = None  # built on the first constrained request
+        self._cache_bytes = cache_bytes
         # KV caches of finished requests, by token prefix: a chat's next turn only
         # prefills what is new. Bounded in bytes, least recently used out first.
-        self._cache = (
+        self._new_cache = lambda: (
             LRUPromptCache(max_size=MAX_CACHED_PREFIXES, max_bytes=cache_bytes)
             if cache_bytes > 0
             else None
         )
+        self._cache = self._new_cache()
 
     @property
     def busy(self) -> bool:
         return bool(self._active)
 
+    def sequences(self) -> list[Sequence]:
+        return list(self._active.values())
+
     def add(self, job: Any, prompt: list[int], max_tokens: int) -> None:
-        options = job.request.sampling
-        started = time.perf_counter_ns()
+        parser = response_parser(self._tokenizer, job.request, prompt)
+        seq = Sequence(job, prompt, parser, self._tokenizer.decode)
         if max_tokens <= 0:
-            job.emit(DoneEvent("length", len(prompt), 0, 0, 0, _context(job, prompt, [])))
+            seq.finish("length")
             return
+        options = job.request.sampling
         processors = build_logits_processors(options)
         if job.request.format:
             if self._llg_tokenizer is None:
                 self._llg_tokenizer = make_llg_tokenizer(self._tokenizer)
-            # Last: the mask applies to the logits the sampler really sees.
-            processors.append(
-                GrammarProcessor(self._llg_tokenizer, job.request.format, self._vocab)
-            )
+            seq.grammar = GrammarProcessor(self._llg_tokenizer, job.request.format, self.vocab_size)
+            processors.append(seq.grammar)  # last: it masks what the sampler really sees
         cache, rest = self._cached_prefix(prompt)
-        reused = len(prompt) - len(rest)
+        seq.reused = len(prompt) - len(rest)
         (uid,) = self._generator.insert(
             [rest],
             max_tokens=[max_tokens],
             caches=[cache],
-            all_tokens=[prompt[:reused]],
-            samplers=[build_sampler(options)],
+            all_tokens=[prompt[: seq.reused]],
+            samplers=[build_sampler(options, self.vocab_size)],
             logits_processors=[processors],
         )
-        if reused:
-            log.debug("prompt cache: reused %d of %d prompt tokens", reused, len(prompt))
-        self._active[uid] = Sequence(
-            job,
-            prompt,
-            started,
-            self._tokenizer.detokenizer,
-            StopMatcher(options.stop),
-            self._parser(job.request, prompt),
-            reused,
-        )
-
-    def _parser(self, request: Any, prompt: list[int]) -> ResponseParser:
-        tok = self._tokenizer
-        think = (tok.think_start, tok.think_end) if tok.has_thinking else None
-        tool = (tok.tool_call_start, tok.tool_call_end) if tok.has_tool_calling else None
-        return ResponseParser(
-            think=think,
-            tool=tool,
-            tool_parser=tok.tool_parser,
-            tools=request.tools,
-            start_thinking=starts_in_thinking(tok, prompt),
-            keep_thinking=request.think is not False,
-        )
+        if seq.reused:
+            log.debug("prompt cache: reused %d of %d prompt tokens", seq.reused, len(prompt))
+        self._active[uid] = seq
+        self._detokenizers[uid] = self._tokenizer.detokenizer
 
     def _cached_prefix(self, prompt: list[int]) -> tuple[Any, list[int]]:
         """The KV cache of the longest cached prefix of `prompt`, and what is left."""
@@ -153,31 +126,37 @@ class BatchRunner:
             return
         try:
             _, responses = self._generator.next()
-        except Exception as exc:  # e.g. out of memory: fail these requests, keep serving
+        except Exception as exc:  # e.g. out of memory: no one sequence is to blame
             log.exception("batch step failed")
-            self._fail_all(f"{type(exc).__name__}: {exc}")
+            self.fail_all(f"{type(exc).__name__}: {exc}")
             return
         for response in responses:
-            sequence = self._active.get(response.uid)
-            if sequence is None:
+            seq = self._active.get(response.uid)
+            if seq is None:
                 continue
-            self._advance(response.uid, sequence, response)
+            try:
+                inject("advance", seq.request)
+                self._advance(response.uid, seq, response)
+            except Exception as exc:  # this sequence's own failure: the batch goes on
+                log.exception("request failed while decoding")
+                self._drop(response.uid)
+                seq.fail(f"{type(exc).__name__}: {exc}")
+                continue
             if response.finish_reason is not None:
                 self._keep_cache(response.all_tokens, response.prompt_cache)
 
     def _advance(self, uid: int, seq: Sequence, response: Any) -> None:
+        if seq.grammar is not None and seq.grammar.error:
+            raise RuntimeError(seq.grammar.error)  # this token came from unmasked logits
         token, finish = response.token, response.finish_reason
-        if not seq.first_token_at:
-            seq.first_token_at = time.perf_counter_ns()
         if finish == "stop" and token in self._eos:
+            seq.prompt_done()
             self._finish(uid, seq, "stop")  # the EOS token is not part of the answer
             return
-        seq.generated.append(token)
-        seq.detokenizer.add_token(token)
-        text = seq.stops.feed(seq.detokenizer.last_segment)
-        logprobs = self._logprobs(seq, token, response.logprobs)
-        seq.job.emit(_token_event(seq.parser.feed(text), token, logprobs))
-        if seq.stops.stopped:
+        detokenizer = self._detokenizers[uid]
+        detokenizer.add_token(token)
+        seq.token(token, detokenizer.last_segment, response.logprobs)
+        if seq.stopped:
             if finish is None:
                 removed = self._generator.remove([uid], return_prompt_caches=True)
                 for cache, tokens in removed.values():
@@ -186,79 +165,39 @@ class BatchRunner:
         elif finish is not None:
             self._finish(uid, seq, finish)
 
-    def _logprobs(self, seq: Sequence, token: int, logprobs: Any) -> list[TokenLogprob] | None:
-        """The sampled token's log probability and the most likely alternatives."""
-        request = seq.job.request
-        if not request.logprobs and not request.top_logprobs:
-            return None
-        import mlx.core as mx
-
-        top = None
-        if request.top_logprobs:
-            k = min(request.top_logprobs, logprobs.shape[-1])
-            best = mx.argpartition(-logprobs, k - 1)[:k]
-            ranked = sorted(
-                zip(best.tolist(), logprobs[best].tolist(), strict=True), key=lambda pair: -pair[1]
-            )
-            top = [self._token_logprob(t, v) for t, v in ranked]
-        entry = self._token_logprob(token, logprobs[token].item())
-        entry.top_logprobs = top
-        return [entry]
-
-    def _token_logprob(self, token: int, value: float) -> TokenLogprob:
-        text = self._tokenizer.decode([token])
-        return TokenLogprob(token=text, logprob=float(value), bytes=list(text.encode()))
-
     def _finish(self, uid: int, seq: Sequence, reason: str) -> None:
         del self._active[uid]
-        seq.detokenizer.finalize()
-        tail = seq.parser.feed(seq.stops.feed(seq.detokenizer.last_segment) + seq.stops.flush())
-        rest = seq.parser.flush()
-        tail.content += rest.content
-        tail.thinking += rest.thinking
-        tail.tool_calls += rest.tool_calls
-        if tail:
-            seq.job.emit(_token_event(tail, -1, None))
-        finished = time.perf_counter_ns()
-        first = seq.first_token_at or finished
-        seq.job.emit(
-            DoneEvent(
-                done_reason=reason,
-                prompt_eval_count=len(seq.prompt) - seq.reused,  # as Ollama: evaluated only
-                prompt_eval_duration=first - seq.started,
-                eval_count=len(seq.generated),
-                eval_duration=finished - first,
-                context=_context(seq.job, seq.prompt, seq.generated),
-            )
-        )
+        detokenizer = self._detokenizers.pop(uid)
+        detokenizer.finalize()
+        seq.finish(reason, detokenizer.last_segment)
+
+    def _drop(self, uid: int) -> None:
+        """Forget one sequence (the generator too), whatever state it is in."""
+        self._active.pop(uid, None)
+        self._detokenizers.pop(uid, None)
+        try:
+            self._generator.remove([uid])
+        except Exception:  # its state is unknown: start over rather than guess
+            log.exception("could not remove a failed sequence; resetting the batch")
+            self.fail_all("the batch was reset after another request failed")
 
     def _drop_cancelled(self) -> None:
-        gone = [uid for uid, s in self._active.items() if s.job.cancelled.is_set()]
+        gone = [uid for uid, s in self._active.items() if s.cancelled]
         if not gone:
             return
         self._generator.remove(gone)
         for uid in gone:
-            sequence = self._active.pop(uid)
+            seq = self._active.pop(uid)
+            self._detokenizers.pop(uid, None)
             # The client went away: stopped within one decode step.
-            log.info("request cancelled by the client after %d tokens", len(sequence.generated))
+            log.info("request cancelled by the client after %d tokens", len(seq.generated))
 
-    def _fail_all(self, message: str) -> None:
-        for sequence in self._active.values():
-            sequence.job.emit(ErrorEvent(message, 500))
+    def fail_all(self, message: str, status: int = 500) -> None:
+        """End every running sequence with an error line and start a fresh generator."""
+        for seq in self._active.values():
+            seq.fail(message, status)
         self._active.clear()
+        self._detokenizers.clear()
         self._generator.close()
         self._generator = self._make()  # its state is unknown after a failed step
-
-
-def _token_event(parsed: Parsed, token: int, logprobs: list[TokenLogprob] | None) -> TokenEvent:
-    return TokenEvent(
-        text=parsed.content,
-        token=token,
-        logprobs=logprobs,
-        thinking=parsed.thinking,
-        tool_calls=parsed.tool_calls or None,
-    )
-
-
-def _context(job: Any, prompt: list[int], generated: list[int]) -> list[int] | None:
-    return [*prompt, *generated] if job.request.return_context else None
+        self._cache = self._new_cache()  # cached entries may hold the failed graph

@@ -39,11 +39,23 @@ class GrammarProcessor:
         if self._matcher.is_error():
             raise ValueError(self._matcher.get_error())
         self._vocab = vocab
+        # Set when the matcher fails mid-answer: this sequence alone is ended with it (a
+        # logits processor runs inside the batch's step, where raising would end them all).
+        self.error: str | None = None
         self._prompt_length: int | None = None
         self._consumed = 0
         self._bits = mx.arange(32, dtype=mx.uint32)
 
     def __call__(self, tokens: mx.array, logits: mx.array) -> mx.array:
+        if self.error is not None:
+            return logits
+        try:
+            return self._mask(tokens, logits)
+        except Exception as exc:
+            self.error = f"constrained decoding failed: {type(exc).__name__}: {exc}"
+            return logits
+
+    def _mask(self, tokens: mx.array, logits: mx.array) -> mx.array:
         # Start this step's forward pass now, so that it runs while the matcher works out
         # the mask on the CPU below instead of after it.
         mx.async_eval(logits)
@@ -56,7 +68,8 @@ class GrammarProcessor:
             self._matcher.consume_token(int(token))
         self._consumed += len(new)
         if self._matcher.is_error():
-            raise RuntimeError(f"constrained decoding failed: {self._matcher.get_error()}")
+            first = (self._matcher.get_error() or "").splitlines()[:1]
+            raise RuntimeError(first[0] if first else "the grammar allows no token")
         words = np.frombuffer(self._matcher.compute_bitmask(), dtype=np.uint32)
         allowed = (mx.array(words)[:, None] >> self._bits) & 1
         allowed = allowed.reshape(-1)[: logits.shape[-1]]

@@ -2,6 +2,11 @@
 
 Metal streams are thread-local (mlx-notes), so loading, prefill and decoding all run
 here. The HTTP side only queues jobs and receives events through each job's `emit`.
+
+Failures are contained: a request's own failure is that request's error event (see
+batching.py); only an exception that escapes the loop itself ends the engine, and then
+every request in flight and every later one gets an error at once, and /health says
+"error", so the supervisor replaces the worker.
 """
 
 from __future__ import annotations
@@ -20,9 +25,12 @@ from ollmlx.architectures import ENCODER_TYPES, runs_with_mlx_vlm
 from ollmlx.errors import StatusError
 from ollmlx.protocol import CompletionRequest, EmbedRequest, EmbedResponse, ErrorEvent, WorkerEvent
 
+from .faults import inject
 from .prompts import build_prompt
 
 log = logging.getLogger("ollmlx.worker")
+
+STOPPING = "the model runner is stopping"
 
 
 @dataclass
@@ -30,6 +38,14 @@ class Job:
     request: CompletionRequest
     emit: Callable[[WorkerEvent], None]  # thread-safe: hands an event to the HTTP side
     cancelled: threading.Event = field(default_factory=threading.Event)
+    prompt: list[int] | None = None  # text models: built before the job is queued
+    ended: bool = False  # its final or error event was emitted
+
+    def fail(self, message: str, status: int = 500) -> None:
+        """End with an error line, unless it already ended (exactly one last event)."""
+        if not self.ended:
+            self.ended = True
+            self.emit(ErrorEvent(message, status))
 
 
 @dataclass
@@ -37,6 +53,13 @@ class EmbedJob:
     request: EmbedRequest
     reply: Callable[[EmbedResponse | ErrorEvent], None]  # thread-safe, called once
     cancelled: threading.Event = field(default_factory=threading.Event)
+
+
+def _refuse(job: Job | EmbedJob, message: str, status: int) -> None:
+    if isinstance(job, Job):
+        job.fail(message, status)
+    else:
+        job.reply(ErrorEvent(message, status))
 
 
 class Engine:
@@ -52,27 +75,59 @@ class Engine:
         self.memory_limit = memory_limit  # bytes this worker may use; 0: what the OS has free
         self._kv_bytes_per_token = 0
         self.prompt_cache_bytes = prompt_cache_bytes
-        self.status = "loading"
+        self.status = "loading"  # -> "ok" | "error"; "stopping" after close()
         self.error: str | None = None
         self.memory_bytes = 0
         self.context_length = 0
+        self.vocab_size = 0
         self._jobs: queue.Queue[Job | EmbedJob | None] = queue.Queue()
+        self._taken: list[Job | EmbedJob | None] = []  # off the queue, not yet admitted
+        # Guards the status change and the queue together: a job is either queued while
+        # the engine still takes jobs, or refused; never queued behind a dead engine.
+        self._gate = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="mlx-engine", daemon=True)
         self.model: Any = None
         self.tokenizer: Any = None
-        self._batch: Any = None  # batching.BatchRunner, made on the engine thread
+        self._batch: Any = None  # batching.BatchRunner or vision.VisionRunner
         self._embedder: Any = None  # embedding.Embedder: at load (encoders) or first use
         self.generative = True  # False for encoder-only (embedding) models
         self.vision = False  # True: mlx-vlm model and processor, see vision.py
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    @property
+    def started(self) -> bool:
+        return self._thread.ident is not None
 
     def start(self) -> None:
         self._thread.start()
 
     def submit(self, job: Job | EmbedJob) -> None:
-        self._jobs.put(job)
+        with self._gate:
+            if self.status == "ok":
+                self._jobs.put(job)
+                return
+            message, status = self.error or STOPPING, 503
+        _refuse(job, message, status)
 
     def close(self) -> None:
-        self._jobs.put(None)
+        """Stop taking jobs; the thread ends what runs with an error line and returns."""
+        with self._gate:
+            if self.status in ("ok", "loading"):
+                self.status = "stopping"
+            self._jobs.put(None)
+
+    def join(self, timeout: float) -> bool:
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def prepare(self, request: CompletionRequest) -> list[int]:
+        """A text model's prompt tokens; runs on the HTTP side's thread pool (no MLX), so
+        a long chat's template and tokenizer never stall the streams being decoded."""
+        return build_prompt(self.tokenizer, request, self.vocab_size)
 
     def _run(self) -> None:
         try:
@@ -83,7 +138,19 @@ class Engine:
             self.status = "error"
             _announce("error")
             return
-        _announce("ok")
+        with self._gate:
+            if self.status == "loading":
+                self.status = "ok"
+        _announce(self.status)
+        try:
+            self._serve()
+        except BaseException as exc:
+            log.exception("the engine thread failed; the worker must be replaced")
+            self._die(f"model runner failed: {type(exc).__name__}: {exc}")
+            return
+        self._die(STOPPING, status="stopping")
+
+    def _serve(self) -> None:
         from .batching import BatchRunner
 
         if self.vision:
@@ -95,15 +162,38 @@ class Engine:
         while True:
             # Idle: wait for work. Busy: take what has arrived and keep decoding.
             busy = self._batch is not None and self._batch.busy
-            for job in self._take_jobs(block=not busy):
+            self._taken = self._take_jobs(block=not busy)
+            while self._taken:
+                job = self._taken[0]  # still listed while it runs: _die answers it
                 if job is None:
                     return
                 if isinstance(job, EmbedJob):
                     self._embed(job)  # between decode steps: streams pause for one batch
                 else:
+                    inject("engine", job.request)
                     self._admit(job)
+                self._taken.pop(0)
             if self._batch is not None:
                 self._batch.step()
+
+    def _die(self, message: str, status: str = "error") -> None:
+        """End every request in flight and every queued one with an error line."""
+        with self._gate:
+            self.status = status
+            self.error = message if status == "error" else None
+            pending = []
+            while True:
+                try:
+                    pending.append(self._jobs.get_nowait())
+                except queue.Empty:
+                    break
+        code = 503 if status == "stopping" else 500
+        if self._batch is not None:
+            for seq in self._batch.sequences():
+                seq.fail(message, code)
+        for job in [*self._taken, *pending]:
+            if job is not None and not job.cancelled.is_set():
+                _refuse(job, message, code)
 
     def _take_jobs(self, block: bool) -> list[Job | EmbedJob | None]:
         jobs: list[Job | EmbedJob | None] = []
@@ -115,27 +205,27 @@ class Engine:
             return jobs
 
     def _admit(self, job: Job) -> None:
-        """Build the prompt and join the batch; a bad request is answered at once."""
+        """Join the batch; a request that cannot run is answered at once, alone."""
         if job.cancelled.is_set():
             return
         if not self.generative:
-            job.emit(ErrorEvent("this model does not support generate", 400))
+            job.fail("this model does not support generate", 400)
             return
         try:
             options = job.request.sampling
             if self.vision:  # the processor tokenizes text and images together
                 prompt = self._batch.prepare(job.request)
             else:
-                prompt = build_prompt(self.tokenizer, job.request)
+                prompt = job.prompt if job.prompt is not None else self.prepare(job.request)
             room = options.num_ctx - len(prompt)
             max_tokens = room if options.num_predict < 0 else min(options.num_predict, room)
             self._check_memory(len(prompt) + max(max_tokens, 0))
             self._batch.add(job, prompt, max_tokens)
         except StatusError as exc:
-            job.emit(ErrorEvent(str(exc), exc.status))
+            job.fail(exc.message, exc.status)
         except Exception as exc:
             log.exception("request failed")
-            job.emit(ErrorEvent(f"{type(exc).__name__}: {exc}", 500))
+            job.fail(f"{type(exc).__name__}: {exc}")
 
     def _load(self) -> None:
         started = time.perf_counter()
@@ -162,13 +252,13 @@ class Engine:
         self.memory_bytes = max(int(mx.get_active_memory()), int(weights))
         args = getattr(self.model, "args", None)
         self.context_length = int(getattr(args, "max_position_embeddings", 0) or 0)
+        self.vocab_size = int(getattr(args, "vocab_size", 0) or 0)
         if self.vision:
             self.context_length, self._kv_bytes_per_token = vision.sizes(self.model)
         elif self.generative:
             self._kv_bytes_per_token = _kv_bytes_per_token(self.model)
         else:
             self.context_length = self._embedder.max_tokens
-        self.status = "ok"
         log.info(
             "loaded %s in %.2fs (%d MiB)",
             self.model_dir.name,
@@ -189,7 +279,7 @@ class Engine:
                 )
             job.reply(self._embedder.embed(job.request))
         except StatusError as exc:
-            job.reply(ErrorEvent(str(exc), exc.status))
+            job.reply(ErrorEvent(exc.message, exc.status))
         except Exception as exc:
             log.exception("embedding failed")
             job.reply(ErrorEvent(f"{type(exc).__name__}: {exc}", 500))

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+import collections.abc
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import jinja2
 
 from ollmlx.errors import StatusError
 from ollmlx.protocol import CompletionRequest, Message
@@ -47,6 +51,19 @@ def render_chat(
         lines = [f"{m.role}: {m.content}" for m in messages]
         return "\n".join([*lines, "assistant:"])
     conversation = [_message_dict(m) for m in messages]
+    try:
+        return _apply_template(tokenizer, conversation, template, options or {})
+    except (jinja2.TemplateError, TypeError, ValueError, KeyError, IndexError) as exc:
+        # A broken TEMPLATE, or a template that refuses these messages (raise_exception).
+        raise StatusError(f"template error: {type(exc).__name__}: {exc}", 400) from None
+
+
+def _apply_template(
+    tokenizer: Any,
+    conversation: list[dict[str, Any]],
+    template: str | None,
+    options: dict[str, Any],
+) -> str:
     if template:
         # An override goes straight to the Hugging Face tokenizer's Jinja renderer.
         hf_tokenizer = getattr(tokenizer, "_tokenizer", tokenizer)
@@ -55,11 +72,11 @@ def render_chat(
             chat_template=template,
             tokenize=False,
             add_generation_prompt=True,
-            **(options or {}),
+            **options,
         )
     else:
         rendered = tokenizer.apply_chat_template(
-            conversation, tokenize=False, add_generation_prompt=True, **(options or {})
+            conversation, tokenize=False, add_generation_prompt=True, **options
         )
     return str(rendered)
 
@@ -88,18 +105,79 @@ def _truncate_front(tokens: list[int], limit: int, bos_id: int | None) -> list[i
     return tokens[len(tokens) - limit :]
 
 
-def build_prompt(tokenizer: Any, request: CompletionRequest) -> list[int]:
+Sized = TypeVar("Sized", bound=collections.abc.Sized)
+
+
+def fit_messages(
+    messages: list[Message], encode: Callable[[list[Message]], Sized], limit: int
+) -> Sized:
+    """Drop the oldest turns (never a system message, never the last) until the prompt
+    fits `limit`, as Ollama's chatPrompt does, rendering only a few times.
+
+    The whole chat is rendered once; when it is too long, the number of recent turns
+    kept grows 1, 2, 4, ... until one does not fit, then a binary search finds the most
+    that do. Each probe renders only what it keeps, so a 10,000-turn chat costs one
+    full render plus a few small ones instead of one render per dropped turn.
+    """
+    whole = encode(messages)
+    if len(whole) <= limit:
+        return whole
+    last = len(messages) - 1
+    droppable = [i for i in range(last) if messages[i].role != "system"]
+
+    def keeping(count: int) -> list[Message]:
+        # Droppable turns are in order: keeping the last `count` keeps those from `start`.
+        start = droppable[len(droppable) - count] if count else last
+        return [m for i, m in enumerate(messages) if i >= start or m.role == "system"]
+
+    best = encode(keeping(0))
+    if len(best) > limit or not droppable:
+        return best  # even the system messages and the last turn are too long
+    good, bad = 0, len(droppable)  # keeping `good` fits; keeping `bad` does not
+    probe = 1
+    while probe < bad:
+        prompt = encode(keeping(probe))
+        if len(prompt) > limit:
+            bad = probe
+            break
+        good, best = probe, prompt
+        probe *= 2
+    while bad - good > 1:
+        middle = (good + bad) // 2
+        prompt = encode(keeping(middle))
+        if len(prompt) > limit:
+            bad = middle
+        else:
+            good, best = middle, prompt
+    return best
+
+
+def check_token_ids(tokens: list[int], vocab_size: int) -> None:
+    """Token ids from a client (`context`) must exist in the model's vocabulary."""
+    if not vocab_size:
+        return
+    for token in tokens:
+        if not 0 <= token < vocab_size:
+            raise StatusError(
+                f"invalid context: token id {token} is outside the vocabulary (0-{vocab_size - 1})",
+                400,
+            )
+
+
+def build_prompt(tokenizer: Any, request: CompletionRequest, vocab_size: int = 0) -> list[int]:
     """Prompt token ids within num_ctx.
 
-    Too long: an error when `truncate` is off; else the oldest tokens go, down to a size
-    that leaves room to answer (num_predict tokens, at most half the context).
+    Too long: an error when `truncate` is off; else the oldest turns go, then the oldest
+    tokens, down to a size that leaves room to answer (num_predict tokens, at most half
+    the context).
     """
     num_ctx, num_predict = request.sampling.num_ctx, request.sampling.num_predict
     reserve = min(num_predict if num_predict > 0 else num_ctx // 4, num_ctx // 2)
     limit = max(num_ctx - max(reserve, 1), 1)
     templated = has_chat_template(tokenizer, request.template)
-
     options = template_options(request)
+    if request.context:
+        check_token_ids(request.context, vocab_size)
 
     def render(messages: list[Message]) -> list[int]:
         text = render_chat(tokenizer, messages, request.template, options)
@@ -108,15 +186,11 @@ def build_prompt(tokenizer: Any, request: CompletionRequest) -> list[int]:
     messages = chat_messages(request)
     if request.raw:
         tokens = encode_text(tokenizer, request.prompt or "", templated=False)
+    elif request.truncate and request.messages is not None:
+        # Chat: whole old turns go first; the context of /api/generate comes on top.
+        tokens = fit_messages(messages, render, limit - len(request.context or ()))
     else:
         tokens = render(messages)
-        # Chat: drop whole old turns first (keeping system messages and the last turn).
-        while len(tokens) > limit and request.truncate and request.messages is not None:
-            droppable = [i for i, m in enumerate(messages[:-1]) if m.role != "system"]
-            if not droppable:
-                break
-            messages = [m for i, m in enumerate(messages) if i != droppable[0]]
-            tokens = render(messages)
     if request.context:
         tokens = [*request.context, *tokens]
     if len(tokens) > num_ctx - 1 and not request.truncate:

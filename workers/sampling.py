@@ -19,7 +19,7 @@ Sampler = Callable[[mx.array], mx.array]
 LogitsProcessor = Callable[[mx.array, mx.array], mx.array]
 
 
-def build_sampler(options: Sampling) -> Sampler:
+def build_sampler(options: Sampling, vocab_size: int = 0) -> Sampler:
     """A sampler of this request's own.
 
     Greedy requests share mlx-lm's one greedy sampler, so a batch of them samples in one
@@ -28,16 +28,22 @@ def build_sampler(options: Sampling) -> Sampler:
     """
     if options.temperature <= 0:
         return greedy_sampler
-    # Ollama treats top_k <= 0 and top_p >= 1 as "off".
+    # Ollama treats top_k <= 0 and top_p >= 1 as "off"; top_k beyond the vocabulary keeps
+    # every token (mlx-lm refuses it), and top_p 0 keeps the most likely one (llama.cpp).
     filters: list[Callable[[mx.array], mx.array]] = []
-    if 0.0 < options.top_p < 1.0:
+    top_k = options.top_k if not vocab_size or options.top_k < vocab_size else 0
+    if options.top_p <= 0.0:
+        top_k = 1
+    elif options.top_p < 1.0:
         filters.append(lambda x: apply_top_p(x, options.top_p))
     if options.min_p > 0.0:
-        filters.append(lambda x: apply_min_p(x, options.min_p))
-    if options.top_k > 0:
-        filters.append(lambda x: apply_top_k(x, options.top_k))
+        filters.append(lambda x: apply_min_p(x, min(options.min_p, 1.0)))
+    if top_k > 0:
+        filters.append(lambda x: apply_top_k(x, top_k))
     scale = 1.0 / options.temperature
-    key = [mx.random.key(options.seed)] if options.seed is not None else None
+    # A 64-bit seed (the supervisor checked its width); negative ones mean random.
+    seed = options.seed % (1 << 64) if options.seed is not None else None
+    key = [mx.random.key(seed)] if seed is not None else None
 
     def sample(logprobs: mx.array) -> mx.array:
         for keep in filters:
@@ -51,7 +57,10 @@ def build_sampler(options: Sampling) -> Sampler:
 
 
 def build_logits_processors(options: Sampling) -> list[LogitsProcessor]:
-    context = options.repeat_last_n if options.repeat_last_n > 0 else 64
+    # Ollama's repeat_last_n: 0 turns the penalties off, -1 looks at the whole context.
+    if options.repeat_last_n == 0:
+        return []
+    context = options.repeat_last_n if options.repeat_last_n > 0 else options.num_ctx
     return make_logits_processors(
         repetition_penalty=options.repeat_penalty if options.repeat_penalty != 1.0 else None,
         repetition_context_size=context,

@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+from concurrent.futures import ThreadPoolExecutor
 
 import msgspec
 from aiohttp import web
 
+from ollmlx.errors import StatusError
 from ollmlx.protocol import (
     SECRET_HEADER,
     EmbedResponse,
@@ -28,6 +30,7 @@ log = logging.getLogger("ollmlx.worker")
 
 ENGINE = web.AppKey("engine", Engine)
 SECRET = web.AppKey("secret", str)
+PROMPTS = web.AppKey("prompts", ThreadPoolExecutor)
 
 
 @web.middleware
@@ -41,12 +44,15 @@ async def require_secret(request: web.Request, handler: web.RequestHandler) -> w
 
 async def health(request: web.Request) -> web.Response:
     engine = request.app[ENGINE]
+    status, error = engine.status, engine.error
+    if status in ("ok", "loading") and not engine.alive and engine.started:
+        status, error = "error", error or "the engine thread is gone"
     body = Health(
-        status=engine.status,
+        status=status,
         memory_bytes=engine.memory_bytes,
         context_length=engine.context_length,
-        error=engine.error,
-        progress=1.0 if engine.status == "ok" else 0.0,
+        error=error,
+        progress=1.0 if status == "ok" else 0.0,
     )
     return web.Response(body=encoder.encode(body), content_type="application/json")
 
@@ -62,6 +68,17 @@ async def completion(request: web.Request) -> web.StreamResponse:
     loop = asyncio.get_running_loop()
     events: asyncio.Queue[WorkerEvent] = asyncio.Queue()
     job = Job(completion_request, lambda e: loop.call_soon_threadsafe(events.put_nowait, e))
+    if not engine.vision and engine.generative:
+        # Template and tokenizer run beside the engine thread, not on it (no MLX there).
+        try:
+            job.prompt = await loop.run_in_executor(
+                request.app[PROMPTS], engine.prepare, completion_request
+            )
+        except StatusError as exc:
+            return web.json_response({"error": exc.message}, status=exc.status)
+        except Exception as exc:  # a bug of ours: this request fails, the worker goes on
+            log.exception("building the prompt failed")
+            return web.json_response({"error": f"{type(exc).__name__}: {exc}"}, status=500)
     engine.submit(job)
     response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
     buffer = bytearray()
@@ -118,10 +135,13 @@ async def embed(request: web.Request) -> web.Response:
     return web.Response(body=encoder.encode(result), content_type="application/json")
 
 
-def create_app(engine: Engine, secret: str) -> web.Application:
-    app = web.Application(middlewares=[require_secret])
+def create_app(engine: Engine, secret: str, max_body: int = 64 << 20) -> web.Application:
+    # The supervisor already bounded the client's body; this hop must not be narrower
+    # (aiohttp's default is 1 MiB, less than one large image).
+    app = web.Application(middlewares=[require_secret], client_max_size=max_body + (1 << 20))
     app[ENGINE] = engine
     app[SECRET] = secret
+    app[PROMPTS] = ThreadPoolExecutor(max_workers=2, thread_name_prefix="prompt")
     app.router.add_get("/health", health)
     app.router.add_post("/completion", completion)
     app.router.add_post("/embed", embed)

@@ -17,19 +17,20 @@ import binascii
 import io
 import logging
 import os
-import time
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 from ollmlx.errors import StatusError
-from ollmlx.protocol import CompletionRequest, DoneEvent, ErrorEvent, Message, TokenEvent
+from ollmlx.protocol import CompletionRequest, Message
 
-from .prompts import chat_messages, template_options
-from .sampling import StopMatcher, build_logits_processors, build_sampler
+from .faults import inject
+from .prompts import chat_messages, check_token_ids, fit_messages, template_options
+from .sampling import build_logits_processors, build_sampler
+from .sequence import Sequence, response_parser
 
 log = logging.getLogger("ollmlx.worker")
 
@@ -38,10 +39,15 @@ def load(model_dir: Path, adapter_dir: Path | None = None) -> tuple[Any, Any]:
     """(model, processor), loaded on the engine thread."""
     # A local directory only: the processor's Hub fallbacks must not wait on a network.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from mlx_lm.tokenizer_utils import load as load_tokenizer
     from mlx_vlm import load as vlm_load
 
     adapter = str(adapter_dir) if adapter_dir else None
-    return vlm_load(str(model_dir), adapter_path=adapter)
+    model, processor = vlm_load(str(model_dir), adapter_path=adapter)
+    # mlx-lm's view of the same tokenizer: its thinking and tool-call markers and parser,
+    # so vision answers are split into content, thinking and tool calls like text ones.
+    processor.ollmlx_markers = load_tokenizer(model_dir)
+    return model, processor
 
 
 def sizes(model: Any) -> tuple[int, int]:
@@ -90,13 +96,8 @@ class VisionPrompt:
 
 @dataclass
 class _Running:
-    job: Any  # engine.Job
-    prompt: VisionPrompt
+    seq: Sequence
     stream: Iterator[Any]
-    stops: StopMatcher
-    started: int  # perf_counter_ns at admission
-    first_token_at: int = 0
-    generated: list[int] = field(default_factory=list)
 
 
 def _turns(request: CompletionRequest) -> list[Message]:
@@ -140,13 +141,12 @@ class VisionRunner:
         """Render the chat with its images and run the processor, within num_ctx."""
         num_ctx = request.sampling.num_ctx
         messages = _turns(request)
-        prompt = self._encode(request, messages)
-        # Too long: drop whole old turns (and their images), as build_prompt does.
-        while len(prompt) > num_ctx - 1 and request.truncate and request.messages is not None:
-            droppable = [i for i, m in enumerate(messages[:-1]) if m.role != "system"]
-            if not droppable:
-                break
-            messages = [m for i, m in enumerate(messages) if i != droppable[0]]
+        if request.context:
+            check_token_ids(request.context, self._vocab_size())
+        if request.truncate and request.messages is not None:
+            # Too long: drop whole old turns (and their images), as build_prompt does.
+            prompt = fit_messages(messages, lambda kept: self._encode(request, kept), num_ctx - 1)
+        else:
             prompt = self._encode(request, messages)
         if len(prompt) > num_ctx - 1:
             raise StatusError("the input length exceeds the context length", 400)
@@ -192,14 +192,26 @@ class VisionRunner:
 
     def add(self, job: Any, prompt: VisionPrompt, max_tokens: int) -> None:
         if max_tokens <= 0:
-            job.emit(DoneEvent("length", len(prompt), 0, 0, 0, _context(job, prompt, [])))
+            self._sequence(job, prompt).finish("length")
             return
         self._waiting.append((job, prompt, max_tokens))
 
+    def sequences(self) -> list[Sequence]:
+        running = [self._running.seq] if self._running else []
+        return running + [self._sequence(job, prompt) for job, prompt, _ in self._waiting]
+
+    def _sequence(self, job: Any, prompt: VisionPrompt) -> Sequence:
+        markers = self._processor.ollmlx_markers
+        parser = response_parser(markers, job.request, prompt.tokens)
+        return Sequence(job, prompt.tokens, parser, markers.decode)
+
     def step(self) -> None:
         """Decode one token of the running request, starting the next one if none runs."""
-        if self._running is not None and self._running.job.cancelled.is_set():
-            log.info("request cancelled by the client after %d tokens", self._running_count())
+        if self._running is not None and self._running.seq.cancelled:
+            log.info(
+                "request cancelled by the client after %d tokens",
+                len(self._running.seq.generated),
+            )
             self._close()
         while self._running is None and self._waiting:
             job, prompt, max_tokens = self._waiting.popleft()
@@ -210,39 +222,39 @@ class VisionRunner:
             return
         try:
             result = next(running.stream)
+            inject("advance", running.seq.request)
+            self._advance(running, result)
         except StopIteration:
             self._finish("stop")
-            return
         except Exception as exc:  # e.g. out of memory: fail this request, keep serving
             log.exception("vision generation failed")
-            running.job.emit(ErrorEvent(f"{type(exc).__name__}: {exc}", 500))
+            running.seq.fail(f"{type(exc).__name__}: {exc}")
             self._close()
-            return
-        self._advance(running, result)
-
-    def _running_count(self) -> int:
-        return len(self._running.generated) if self._running else 0
 
     def _start(self, job: Any, prompt: VisionPrompt, max_tokens: int) -> None:
         from mlx_vlm import stream_generate
 
         options = job.request.sampling
         inputs = dict(prompt.inputs)
+        seq = self._sequence(job, prompt)
         processors = build_logits_processors(options)
         if job.request.format:  # last: the mask applies to the logits the sampler sees
-            processors.append(self._grammar(job.request.format))
+            seq.grammar = self._grammar(job.request.format)
+            processors.append(seq.grammar)
         stream = stream_generate(
             self._model,
             self._processor,
             "",  # unused: the inputs are already tokenized
             **inputs,
             max_tokens=max_tokens,
-            sampler=build_sampler(options),
+            sampler=build_sampler(options, self._vocab_size()),
             logits_processors=processors,
         )
-        self._running = _Running(
-            job, prompt, stream, StopMatcher(options.stop), time.perf_counter_ns()
-        )
+        self._running = _Running(seq, stream)
+
+    def _vocab_size(self) -> int:
+        config = self._model.config
+        return int(getattr(getattr(config, "text_config", config), "vocab_size", 0) or 0)
 
     def _grammar(self, fmt: Any) -> Any:
         from .constrain import GrammarProcessor, make_llg_tokenizer
@@ -251,44 +263,28 @@ class VisionRunner:
             eos = self._tokenizer.stopping_criteria.eos_token_ids  # set by mlx_vlm.load
             shim = SimpleNamespace(_tokenizer=self._tokenizer, eos_token_ids=list(eos))
             self._llg_tokenizer = make_llg_tokenizer(shim)
-        config = self._model.config
-        vocab = int(getattr(getattr(config, "text_config", config), "vocab_size", 0) or 0)
-        return GrammarProcessor(self._llg_tokenizer, fmt, vocab)
+        return GrammarProcessor(self._llg_tokenizer, fmt, self._vocab_size())
 
     def _advance(self, running: _Running, result: Any) -> None:
-        if not running.first_token_at:
-            running.first_token_at = time.perf_counter_ns()
+        seq = running.seq
+        if seq.grammar is not None and seq.grammar.error:
+            raise RuntimeError(seq.grammar.error)
         if result.finish_reason is not None:
             # mlx-vlm's last result repeats the last token and carries the detokenizer's
             # tail; an EOS ends with "stop", the token budget with "length".
-            text = running.stops.feed(result.text) + running.stops.flush()
-            if text:
-                running.job.emit(TokenEvent(text=text, token=-1))
-            self._finish(result.finish_reason)
+            seq.prompt_done()
+            self._finish(result.finish_reason, result.text)
             return
-        running.generated.append(int(result.token))
-        text = running.stops.feed(result.text)
-        running.job.emit(TokenEvent(text=text, token=int(result.token)))
-        if running.stops.stopped:
+        seq.token(int(result.token), result.text, result.logprobs)
+        if seq.stopped:
             self._finish("stop")
 
-    def _finish(self, reason: str) -> None:
+    def _finish(self, reason: str, tail: str = "") -> None:
         running = self._running
         if running is None:
             return
         self._close()
-        finished = time.perf_counter_ns()
-        first = running.first_token_at or finished
-        running.job.emit(
-            DoneEvent(
-                done_reason=reason,
-                prompt_eval_count=len(running.prompt),
-                prompt_eval_duration=first - running.started,
-                eval_count=len(running.generated),
-                eval_duration=finished - first,
-                context=_context(running.job, running.prompt, running.generated),
-            )
-        )
+        running.seq.finish(reason, tail)
 
     def _close(self) -> None:
         if self._running is not None:
@@ -296,7 +292,3 @@ class VisionRunner:
             close = getattr(stream, "close", None)
             if close is not None:
                 close()  # runs mlx-vlm's generator cleanup
-
-
-def _context(job: Any, prompt: VisionPrompt, generated: list[int]) -> list[int] | None:
-    return [*prompt.tokens, *generated] if job.request.return_context else None

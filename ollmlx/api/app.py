@@ -12,7 +12,7 @@ from aiohttp import web
 
 from ..config import Settings
 from ..errors import StatusError
-from ..serving.runner import WorkerProcess, WorkerSpec
+from ..serving.runner import WorkerConfig, WorkerProcess, WorkerSpec
 from ..serving.scheduler import Scheduler
 from ..store.catalog import Store
 from .context import CONTEXT, Context, error_for
@@ -52,13 +52,26 @@ async def wait_for_inflight(app: web.Application) -> None:
 async def errors_middleware(
     request: web.Request, handler: web.RequestHandler
 ) -> web.StreamResponse:
-    """Errors raised before a response starts become `{"error": ...}` with a status."""
+    """Errors raised before a response starts become `{"error": ...}` with a status.
+
+    Whatever else escapes a handler is still a JSON error (500) that fails this request
+    alone, never aiohttp's plain-text page.
+    """
     try:
         return await handler(request)
     except StatusError as exc:
         return error_for(request, exc.status, exc.message)
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
         return error_for(request, 400, str(exc))
+    except RecursionError:
+        return error_for(request, 400, "invalid JSON: nested too deeply")
+    except web.HTTPException:
+        raise  # aiohttp's own answers (404, 405, 413) keep their status
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        log.exception("%s %s failed", request.method, request.path)
+        return error_for(request, 500, f"{type(exc).__name__}: {exc}")
 
 
 def create_app(settings: Settings) -> web.Application:
@@ -76,16 +89,19 @@ def create_app(settings: Settings) -> web.Application:
         # One shared session to all workers; no connection limit (one stream per request).
         session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
 
+        config = WorkerConfig(
+            load_timeout=settings.load_timeout,
+            debug=settings.debug,
+            memory_limit=settings.worker_memory_limit,
+            prompt_cache_bytes=settings.prompt_cache_bytes,
+            use_openblas=not settings.no_openblas,
+            max_body=settings.max_body_bytes,
+            health_interval=settings.health_interval,
+            health_timeout=settings.health_timeout,
+        )
+
         def spawn(spec: WorkerSpec) -> WorkerProcess:
-            return WorkerProcess(
-                spec,
-                session,
-                settings.load_timeout,
-                settings.debug,
-                settings.worker_memory_limit,
-                settings.prompt_cache_bytes,
-                use_openblas=not settings.no_openblas,
-            )
+            return WorkerProcess(spec, session, config)
 
         scheduler = Scheduler(settings, spawn)
         scheduler.start()

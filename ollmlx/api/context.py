@@ -7,6 +7,7 @@ app.py -> routes -> context.py -> store/serving.
 from __future__ import annotations
 
 import asyncio
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -78,4 +79,4 @@ def parse_keep_alive(value: float | str | None) -> float | None:
         seconds = parse_duration(value)
     except ValueError:
         raise StatusError(f"invalid keep_alive duration: {value!r}", 400) from None
-    return -1.0 if seconds < 0 else seconds
+    return -1.0 if seconds < 0 or math.isinf(seconds) else seconds

@@ -6,6 +6,7 @@ the worker's events are written (NDJSON for Ollama, SSE for OpenAI).
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Any, Protocol
 
@@ -13,9 +14,12 @@ from aiohttp import web
 
 from ..errors import StatusError
 from ..protocol import CompletionRequest, DoneEvent, ErrorEvent, TokenEvent
+from ..serving.runner import WorkerGone
 from ..store.catalog import StoredModel
 from ..store.modelinfo import estimate_memory
 from .context import Context
+
+RESENDS = 1  # times a request goes to a replacement when its worker was already gone
 
 
 class Dialect(Protocol):
@@ -55,9 +59,18 @@ async def run_completion(
     real status code; later errors become the dialect's last error chunk.
     """
     estimate = memory_estimate(stored, completion.sampling.num_ctx)
-    async with ctx.scheduler.use(stored, keep_alive, estimate) as lease:
-        events = aiter(lease.worker.stream(completion))
-        event = await anext(events)
+    async with contextlib.AsyncExitStack() as stack:
+        for attempt in range(RESENDS + 1):
+            lease = await stack.enter_async_context(ctx.scheduler.use(stored, keep_alive, estimate))
+            events = aiter(lease.worker.stream(completion))
+            try:
+                event = await anext(events)
+                break
+            except WorkerGone:
+                # The worker died before it saw the request: send it to a replacement.
+                if attempt == RESENDS:
+                    raise
+                await stack.aclose()
         if isinstance(event, ErrorEvent):
             raise StatusError(event.error, event.status)
         if not streaming:

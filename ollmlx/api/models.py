@@ -184,7 +184,9 @@ async def delete(request: web.Request) -> web.Response:
         raise StatusError(f'name "{name}" is invalid', 400) from None
     if stored is None:
         raise StatusError(f"model '{name}' not found", 404)
-    await ctx.scheduler.unload(stored.name.display)  # never delete weights in use
+    # Running answers finish on the loaded weights (open files outlive their names);
+    # new requests find no model.
+    await ctx.scheduler.retire(stored.name.display, "deleted")
     ctx.store.delete(name)
     log.info("deleted %s", stored.name.display)
     return web.Response(status=200)

@@ -40,6 +40,7 @@ from .openai_schemas import (
     ModelCard,
     ModelList,
     OutToolCall,
+    PromptTokensDetails,
     TextCompletion,
     TopLogprob,
     Usage,
@@ -63,7 +64,10 @@ def new_id(prefix: str) -> str:
 
 
 def usage(done: DoneEvent) -> Usage:
-    return Usage(done.prompt_eval_count, done.eval_count, done.prompt_eval_count + done.eval_count)
+    """OpenAI's usage; `cached_tokens` (OpenAI's own field) says what the cache served."""
+    details = PromptTokensDetails(done.cached_count) if done.cached_count else None
+    total = done.prompt_eval_count + done.eval_count
+    return Usage(done.prompt_eval_count, done.eval_count, total, details)
 
 
 def tool_calls(calls: list[dict[str, Any]] | None) -> list[OutToolCall] | None:

@@ -138,10 +138,15 @@ class Delta(msgspec.Struct, omit_defaults=True):
     tool_calls: list[OutToolCall] | None = None
 
 
-class Usage(msgspec.Struct):
+class PromptTokensDetails(msgspec.Struct):
+    cached_tokens: int  # prompt tokens served from the prompt cache
+
+
+class Usage(msgspec.Struct, omit_defaults=True):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    prompt_tokens_details: PromptTokensDetails | None = None
 
 
 class Choice(msgspec.Struct):

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
+import msgspec
 
 from ..errors import StatusError
 from ..protocol import (
@@ -53,6 +54,14 @@ RUNNER_STOPPED = (
 )
 
 
+class WorkerGone(StatusError):
+    """The worker was gone before it received the request: it is safe to send it again
+    (to a replacement), since nothing of it was computed or answered."""
+
+    def __init__(self) -> None:
+        super().__init__(RUNNER_STOPPED, 500)
+
+
 @dataclass(frozen=True)
 class WorkerSpec:
     """What a worker needs to load one model."""
@@ -62,6 +71,20 @@ class WorkerSpec:
     adapter_dir: Path | None = None
 
 
+@dataclass(frozen=True)
+class WorkerConfig:
+    """How every worker is run: the settings that reach the worker process."""
+
+    load_timeout: float = 300.0  # a stall timeout, reset while the worker makes progress
+    debug: int = 0
+    memory_limit: int = 0  # bytes one worker may use; 0: what the OS has free
+    prompt_cache_bytes: int = 0
+    use_openblas: bool = True
+    max_body: int = 64 << 20  # the worker accepts what the supervisor accepted
+    health_interval: float = 2.0  # a silent stream asks the worker this often if it lives
+    health_timeout: float = 3.0  # how long that question may take
+
+
 class WorkerProcess:
     """One model's worker subprocess (Ollama's LlamaServer, in Python)."""
 
@@ -69,19 +92,12 @@ class WorkerProcess:
         self,
         spec: WorkerSpec,
         session: aiohttp.ClientSession,
-        load_timeout: float,
-        debug: int = 0,
-        memory_limit: int = 0,
-        prompt_cache_bytes: int = 0,
-        use_openblas: bool = True,
+        config: WorkerConfig | None = None,
     ) -> None:
         self.spec = spec
         self._session = session
-        self._load_timeout = load_timeout
-        self._debug = debug
-        self._memory_limit = memory_limit
-        self._prompt_cache_bytes = prompt_cache_bytes
-        self._use_openblas = use_openblas
+        self.config = config or WorkerConfig()
+        self._load_timeout = self.config.load_timeout
         self._secret = secrets.token_urlsafe(32)
         self._proc: asyncio.subprocess.Process | None = None
         self._stderr_tail: deque[str] = deque(maxlen=20)
@@ -92,6 +108,7 @@ class WorkerProcess:
         self.port = 0
         self.memory_bytes = 0
         self.context_length = 0
+        self.stopping = False  # stop() was called: an exit from now on is expected
 
     @property
     def pid(self) -> int | None:
@@ -124,16 +141,18 @@ class WorkerProcess:
                 self._proc.kill()
 
     async def start(self) -> None:
+        config = self.config
         env = {**os.environ, SECRET_ENV: self._secret, "PYTHONUNBUFFERED": "1"}
-        if self._use_openblas:
+        if config.use_openblas:
             env = with_openblas(env)
         args = [sys.executable, "-m", "ollmlx_worker", "--model-dir", str(self.spec.model_dir)]
         if self.spec.adapter_dir:
             args += ["--adapter-dir", str(self.spec.adapter_dir)]
-        args += ["--log-level", "DEBUG" if self._debug else "INFO"]
-        if self._memory_limit:
-            args += ["--memory-limit", str(self._memory_limit)]
-        args += ["--prompt-cache-bytes", str(self._prompt_cache_bytes)]
+        args += ["--log-level", "DEBUG" if config.debug else "INFO"]
+        if config.memory_limit:
+            args += ["--memory-limit", str(config.memory_limit)]
+        args += ["--prompt-cache-bytes", str(config.prompt_cache_bytes)]
+        args += ["--max-body", str(config.max_body)]
         # Own session: a terminal's Ctrl-C reaches the supervisor, which stops workers in
         # order. The stdin pipe tells the worker when the supervisor is gone.
         self._proc = await asyncio.create_subprocess_exec(
@@ -205,17 +224,29 @@ class WorkerProcess:
         ) as response:
             return health_decoder.decode(await response.read())
 
-    async def is_responsive(self, timeout: float) -> bool:
-        """A health check that only says yes or no (the monitor's question)."""
+    async def health_problem(self, timeout: float) -> str | None:
+        """None when the worker answers its health check with "ok"; else what is wrong
+        (the monitor's and a quiet stream's question)."""
         try:
-            await self.ping(timeout=timeout)
-        except (aiohttp.ClientError, asyncio.TimeoutError, StatusError):
-            return False
-        return True
+            health = await self.ping(timeout=timeout)
+        except (aiohttp.ClientError, asyncio.TimeoutError):
+            return f"no answer to its health check within {timeout:g}s"
+        except StatusError as exc:
+            return exc.message
+        except (OSError, msgspec.DecodeError) as exc:  # a reset, or garbage for an answer
+            return f"a broken health answer: {exc}"
+        if health.status != "ok":
+            return f"its engine reports {health.status}: {health.error or 'no detail'}"
+        return None
 
     async def stream(self, request: CompletionRequest) -> AsyncIterator[WorkerEvent | bytes]:
         """The worker's events for one request, as they are decoded; with `stream_as`, its
-        token lines come as bytes, ready for the client."""
+        token lines come as bytes, ready for the client.
+
+        A stream that goes quiet (a long prefill, or a hung worker) asks the worker whether
+        it still lives every `health_interval`; a worker that does not answer, or answers
+        that its engine is gone, ends the stream with an error instead of a wait forever.
+        """
         try:
             async with self._session.post(
                 self._url("/completion"),
@@ -223,11 +254,23 @@ class WorkerProcess:
                 headers={SECRET_HEADER: self._secret, "Content-Type": "application/json"},
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=5),
             ) as response:
+                if response.status == 503:
+                    # It takes no work: its engine died, or it is stopping. A broken one
+                    # is killed here so that a replacement serves this request.
+                    body = await response.text()
+                    if not self.stopping:
+                        log.warning("worker %s refused work: %s", self.spec.name, body[:200])
+                        self.kill()
+                    await self._wait_exit(2.0)
+                    raise WorkerGone()
                 if response.status != 200:
                     body = await response.text()
                     raise StatusError(_error_text(body), response.status)
                 pending = b""
-                async for chunk in response.content.iter_any():
+                while True:
+                    chunk = await self._read_or_check(response.content)
+                    if not chunk:
+                        break
                     pending += chunk
                     *lines, pending = pending.split(b"\n")
                     for line in lines:
@@ -235,10 +278,29 @@ class WorkerProcess:
                             yield event_decoder.decode(line)
                         elif line:  # a finished client line (`stream_as`): not decoded
                             yield line + b"\n"
+        except aiohttp.ClientConnectorError as exc:
+            await self._wait_exit(0.5)  # reaped: the scheduler sees it is gone
+            log.warning("worker %s is gone (%s)", self.spec.name, exc)
+            raise WorkerGone() from exc
         except aiohttp.ClientError as exc:
             await self._wait_exit(0.5)
             log.warning("worker %s stream broke: %s", self.spec.name, exc)
             raise StatusError(RUNNER_STOPPED) from exc
+
+    async def _read_or_check(self, content: aiohttp.StreamReader) -> bytes:
+        """The next bytes of a stream; while none come, the worker must prove it lives."""
+        while True:
+            read = asyncio.ensure_future(content.readany())
+            done, _ = await asyncio.wait({read}, timeout=self.config.health_interval)
+            if done:
+                return read.result()
+            read.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await read
+            problem = await self.health_problem(self.config.health_timeout)
+            if problem:
+                log.warning("worker %s stalled mid-stream: %s", self.spec.name, problem)
+                raise StatusError(f"{RUNNER_STOPPED} ({problem})")
 
     async def embed(self, request: EmbedRequest) -> EmbedResponse:
         """Vectors for `request.inputs`; a worker error keeps its status (400: too long)."""
@@ -260,6 +322,7 @@ class WorkerProcess:
 
     async def stop(self) -> None:
         """SIGTERM, wait, SIGKILL, and always reap so no zombie is left."""
+        self.stopping = True
         proc = self._proc
         if proc is None:
             return
@@ -273,7 +336,12 @@ class WorkerProcess:
                 with contextlib.suppress(ProcessLookupError):
                     proc.kill()
                 await proc.wait()
-            log.info("stopped worker pid=%d for %s", proc.pid, self.spec.name)
+            log.info(
+                "stopped worker pid=%d for %s (exit code %s)",
+                proc.pid,
+                self.spec.name,
+                proc.returncode,
+            )
         else:
             await proc.wait()
         for task in self._readers:

@@ -2,7 +2,15 @@
 
 One table of runner states guarded by one condition. Named steps each make one decision,
 after Ollama's server/sched.go: `_get_runner`, `_find_runner_to_unload`, `_release`,
-`_unload`. Dependencies come in through `spawn`, so tests can swap the process.
+`_retire`. Dependencies come in through `spawn`, so tests can swap the process.
+
+Two rules keep one client from hurting another:
+- Nothing stops a worker that still serves a request. `keep_alive: 0`, `stop` and
+  delete mark the runner; it goes when its last request ends (Ollama's
+  `sessionDuration = 0` and `processCompleted`).
+- Decisions are made under the lock, process stops run outside it: a worker that takes
+  seconds to exit never delays a request to another model. A stopping worker's memory
+  still counts until its process is gone.
 """
 
 from __future__ import annotations
@@ -23,6 +31,9 @@ from .runner import WorkerProcess, WorkerSpec
 log = logging.getLogger("ollmlx.scheduler")
 
 QUEUE_FULL = "server busy, please try again.  maximum pending requests exceeded"
+MAX_START_BACKOFF = 30.0
+# A request whose worker died before it started is moved to a replacement this many times.
+MAX_REPLACEMENTS = 2
 
 
 @dataclass(eq=False)
@@ -33,11 +44,17 @@ class RunnerRef:
     slots: asyncio.Semaphore
     ready: asyncio.Future[None] | None = None
     ref_count: int = 0
-    keep_alive: float = 300.0
+    keep_alive: float = 300.0  # the duration of the request that attached last
     expires_at: float = math.inf  # time.time() when it unloads; inf while busy or forever
     expiry: asyncio.TimerHandle | None = None
     last_used: float = field(default_factory=time.monotonic)
     watcher: asyncio.Task[None] | None = None
+    retiring: bool = False  # takes no new requests; goes when the last one ends
+    stopping: bool = False  # its process is being stopped (on purpose)
+
+    @property
+    def name(self) -> str:
+        return self.model.name.display
 
     @property
     def memory_bytes(self) -> int:
@@ -58,9 +75,6 @@ class StartFailure:
     error: str
 
 
-MAX_START_BACKOFF = 30.0
-
-
 @dataclass
 class Lease:
     worker: WorkerProcess
@@ -71,12 +85,14 @@ class Scheduler:
     def __init__(self, settings: Settings, spawn: Callable[[WorkerSpec], WorkerProcess]) -> None:
         self._settings = settings
         self._spawn = spawn
-        self._runners: dict[str, RunnerRef] = {}
+        self._runners: dict[str, RunnerRef] = {}  # by name: the runners new requests use
+        self._retired: set[RunnerRef] = set()  # draining or stopping: memory still theirs
         self._changed = asyncio.Condition()
         self._pending = 0
         self._closing = False
         self._failures: dict[str, StartFailure] = {}
         self._monitor: asyncio.Task[None] | None = None
+        self._stops: set[asyncio.Task[None]] = set()
 
     # -- public ------------------------------------------------------------------
 
@@ -95,25 +111,13 @@ class Scheduler:
         self._pending += 1
         started = time.perf_counter_ns()
         try:
-            ref = await self._get_runner(model, estimate)
-            try:
-                await self._wait_ready(ref)
-                if ref.slots.locked():
-                    log.debug(
-                        "request for %s waits for a free slot (%d pending)",
-                        model.name.display,
-                        self._pending,
-                    )
-                await ref.slots.acquire()
-            except BaseException:
-                await self._release(ref, keep, holds_slot=False)
-                raise
+            ref = await self._attach(model, keep, estimate)
         finally:
             self._pending -= 1
         try:
             yield Lease(ref.worker, time.perf_counter_ns() - started)
         finally:
-            await self._release(ref, keep, holds_slot=True)
+            await self._release(ref, holds_slot=True)
 
     async def load(self, model: StoredModel, keep_alive: float | None, estimate: int) -> int:
         """Load without generating (empty prompt); return the load time in nanoseconds."""
@@ -121,74 +125,120 @@ class Scheduler:
             return lease.load_duration
 
     async def unload(self, name: str) -> bool:
+        """`keep_alive: 0` / `ollmlx stop`: unload as soon as the last request ends."""
         async with self._changed:
             ref = self._runners.get(name)
-        if ref is None:
-            return False
-        await self._unload(ref, "requested")
-        return True
+            if ref is None:
+                return False
+            ref.keep_alive = 0.0
+            if ref.ref_count == 0:
+                self._stop_later(ref, "requested")
+            else:
+                log.info("%s unloads when its %d request(s) end", name, ref.ref_count)
+            return True
+
+    async def retire(self, name: str, reason: str) -> None:
+        """Take no new requests for `name` (deleted); it goes when its last one ends."""
+        async with self._changed:
+            ref = self._runners.get(name)
+            if ref is not None:
+                self._retire(ref, reason)
 
     def loaded(self) -> list[RunnerRef]:
         """Loaded runners, longest remaining time first (as /api/ps orders them)."""
-        refs = [r for r in self._runners.values() if r.loaded]
+        refs = [r for r in self._runners.values() if r.loaded and not r.worker.has_exited]
         return sorted(refs, key=lambda r: r.expires_at, reverse=True)
 
     async def close(self) -> None:
         self._closing = True
         if self._monitor is not None:
             self._monitor.cancel()
-        refs = list(self._runners.values())
-        log.info("shutting down: stopping %d worker(s)", len(refs))
-        await asyncio.gather(*(self._unload(r, "shutdown") for r in refs))
+        async with self._changed:
+            refs = [*self._runners.values(), *self._retired]
+            log.info("shutting down: stopping %d worker(s)", len(refs))
+            for ref in refs:
+                self._stop_later(ref, "shutdown")
+        await asyncio.gather(*list(self._stops), return_exceptions=True)
 
     # -- decisions ---------------------------------------------------------------
 
-    async def _get_runner(self, model: StoredModel, estimate: int) -> RunnerRef:
+    async def _attach(self, model: StoredModel, keep_alive: float, estimate: int) -> RunnerRef:
+        """A loaded runner with a slot held for this request.
+
+        A worker that dies (not on purpose) while the request waits for it to load or for
+        a slot is replaced, and the request moves on to the replacement.
+        """
+        for attempt in range(MAX_REPLACEMENTS + 1):
+            ref = await self._get_runner(model, keep_alive, estimate)
+            try:
+                await self._wait_ready(ref)
+                if ref.slots.locked():
+                    log.debug(
+                        "request for %s waits for a free slot (%d pending)",
+                        ref.name,
+                        self._pending,
+                    )
+                await ref.slots.acquire()
+            except BaseException:
+                await self._release(ref, holds_slot=False)
+                raise
+            if not ref.worker.has_exited and not ref.stopping:
+                return ref
+            await self._release(ref, holds_slot=True)
+            if attempt < MAX_REPLACEMENTS:
+                log.info("worker of %s is gone; the request moves to a new one", ref.name)
+        raise StatusError(f"model runner for {model.name.display} keeps exiting")
+
+    async def _get_runner(self, model: StoredModel, keep_alive: float, estimate: int) -> RunnerRef:
         name = model.name.display
         async with self._changed:
             while True:
+                if self._closing:
+                    raise StatusError("the server is shutting down", 503)
                 ref = self._runners.get(name)
-                if ref is not None and ref.worker.has_exited and ref.loaded:
+                if ref is not None and ref.worker.has_exited and ref.ready and ref.ready.done():
                     self._forget(ref)  # died before its watcher ran: start a new one
-                    ref = None
+                    continue
                 if ref is not None and ref.model.digest != model.digest:
-                    if ref.ref_count == 0:  # the model was re-created: reload it
-                        await self._stop_locked(ref, "model changed")
-                        continue
-                    await self._changed.wait()
+                    self._retire(ref, "model changed")  # re-created: load the new one
                     continue
                 if ref is not None:
                     break
                 if estimate > self._settings.memory_budget:
                     raise StatusError(
-                        f"model {name} needs about {_size(estimate)} but the memory budget is "
-                        f"{_size(self._settings.memory_budget)} (OLLMLX_MEMORY_BUDGET)"
+                        f"model {name} needs about {_size(estimate)} but the memory budget "
+                        f"is {_size(self._settings.memory_budget)} (OLLMLX_MEMORY_BUDGET)"
                     )
                 self._check_start_backoff(model)
-                victim = self._find_runner_to_unload(estimate)
-                if victim is None:
+                if self._fits(estimate):
                     ref = self._start(model, estimate)
                     break
-                if victim.ref_count == 0:
-                    await self._stop_locked(victim, "evicted to make room")
-                    continue
-                log.info("waiting for a busy model to finish before loading %s", name)
+                victim = self._find_runner_to_unload()
+                if victim is not None:
+                    self._stop_later(victim, "evicted to make room")
+                else:
+                    log.info("waiting for a busy model to finish before loading %s", name)
                 await self._changed.wait()
             ref.ref_count += 1
+            # Ollama sets the session duration when a request is scheduled, not when it
+            # ends: an unload asked for meanwhile is not undone by an older request.
+            ref.keep_alive = keep_alive
             self._disarm(ref)
             return ref
 
-    def _find_runner_to_unload(self, estimate: int) -> RunnerRef | None:
-        """None when the new model fits; else the runner to evict (idle LRU first)."""
-        refs = list(self._runners.values())
+    def _fits(self, estimate: int) -> bool:
+        """Room for one more model, counting workers that are still stopping."""
+        refs = [*self._runners.values(), *self._retired]
         used = sum(r.memory_bytes for r in refs)
-        fits_count = len(refs) < self._settings.max_loaded_models
-        if fits_count and used + estimate <= self._settings.memory_budget:
-            return None
-        idle = sorted((r for r in refs if r.ref_count == 0), key=lambda r: r.last_used)
-        if idle:
-            return idle[0]
-        return min(refs, key=lambda r: r.last_used) if refs else None
+        return (
+            len(refs) < self._settings.max_loaded_models
+            and used + estimate <= self._settings.memory_budget
+        )
+
+    def _find_runner_to_unload(self) -> RunnerRef | None:
+        """The idle runner to evict, least recently used first; None while all are busy."""
+        idle = [r for r in self._runners.values() if r.ref_count == 0]
+        return min(idle, key=lambda r: r.last_used) if idle else None
 
     def _start(self, model: StoredModel, estimate: int) -> RunnerRef:
         spec = WorkerSpec(model.name.display, model.model_dir, model.adapter_dir)
@@ -208,7 +258,6 @@ class Scheduler:
             raise StatusError(f"{failure.error} (next start attempt in {wait:.1f}s)")
 
     async def _load_worker(self, ref: RunnerRef) -> None:
-        name = ref.model.name.display
         try:
             await ref.worker.start()
             await ref.worker.wait_until_ready()
@@ -216,76 +265,94 @@ class Scheduler:
             await ref.worker.stop()
             async with self._changed:
                 self._forget(ref)
-                previous = self._failures.get(name)
-                count = previous.count + 1 if previous else 1
-                backoff = min(2.0 ** (count - 1), MAX_START_BACKOFF)
-                self._failures[name] = StartFailure(
-                    ref.model.digest, count, time.monotonic() + backoff, str(exc)
-                )
-                log.warning("worker for %s failed to start (%d in a row): %s", name, count, exc)
+                if not ref.stopping:  # an unload during the load is no failed start
+                    self._record_failure(ref, exc)
                 self._changed.notify_all()
+            if ref.stopping:
+                raise StatusError(f"the load of {ref.name} was cancelled", 503) from None
             raise
-        self._failures.pop(name, None)
+        self._failures.pop(ref.name, None)
         ref.watcher = asyncio.ensure_future(self._watch_exit(ref))
+
+    def _record_failure(self, ref: RunnerRef, exc: BaseException) -> None:
+        previous = self._failures.get(ref.name)
+        count = previous.count + 1 if previous else 1
+        backoff = min(2.0 ** (count - 1), MAX_START_BACKOFF)
+        self._failures[ref.name] = StartFailure(
+            ref.model.digest, count, time.monotonic() + backoff, str(exc)
+        )
+        log.warning("worker for %s failed to start (%d in a row): %s", ref.name, count, exc)
 
     async def _watch_exit(self, ref: RunnerRef) -> None:
         """Notice a worker that dies on its own (crash, OOM kill) and forget it."""
         code = await ref.worker.wait_exit()
         async with self._changed:
-            if self._runners.get(ref.model.name.display) is not ref:
+            if ref.stopping or ref.worker.stopping:
                 return  # stopped by us
             tail = ref.worker.stderr_tail.splitlines()[-3:]
             log.warning(
                 "worker pid=%s for %s exited unexpectedly with code %s%s",
                 ref.worker.pid,
-                ref.model.name.display,
+                ref.name,
                 code,
                 (": " + " | ".join(tail)) if tail else "",
             )
             self._forget(ref)
+            self._retired.discard(ref)
             self._disarm(ref)
             self._changed.notify_all()
 
     async def _monitor_health(self) -> None:
-        """Kill workers that stop answering (hung, or SIGSTOPped); the watcher forgets them."""
-        interval, timeout = self._settings.health_interval, self._settings.health_timeout
+        """Kill workers that stop answering (hung, SIGSTOPped) or whose engine died; the
+        watcher then forgets them and the next request starts a replacement."""
         while True:
-            await asyncio.sleep(interval)
-            refs = [r for r in self._runners.values() if r.loaded and not r.worker.has_exited]
-            answers = await asyncio.gather(*(r.worker.is_responsive(timeout) for r in refs))
-            for ref, responsive in zip(refs, answers, strict=True):
-                if not responsive and not ref.worker.has_exited:
-                    log.warning(
-                        "worker pid=%s for %s did not answer its health check within %gs; "
-                        "killing it",
-                        ref.worker.pid,
-                        ref.model.name.display,
-                        timeout,
-                    )
-                    ref.worker.kill()
+            await asyncio.sleep(self._settings.health_interval)
+            try:
+                await self._check_health()
+            except Exception:  # the monitor must outlive any one bad round
+                log.exception("health check round failed")
+
+    async def _check_health(self) -> None:
+        timeout = self._settings.health_timeout
+        refs = [r for r in self._runners.values() if r.loaded and not r.worker.has_exited]
+        problems = await asyncio.gather(*(r.worker.health_problem(timeout) for r in refs))
+        async with self._changed:
+            for ref, problem in zip(refs, problems, strict=True):
+                # Only a runner still in use: never one that is being stopped meanwhile.
+                if problem is None or ref.stopping or ref.worker.stopping:
+                    continue
+                if self._runners.get(ref.name) is not ref or ref.worker.has_exited:
+                    continue
+                log.warning(
+                    "worker pid=%s for %s: %s; killing it", ref.worker.pid, ref.name, problem
+                )
+                ref.worker.kill()
 
     async def _wait_ready(self, ref: RunnerRef) -> None:
         assert ref.ready is not None
         # Shielded: a client that leaves does not abort a load that others may share.
         await asyncio.shield(ref.ready)
-        if ref.worker.has_exited:
-            raise StatusError(f"model runner for {ref.model.name.display} exited")
 
-    async def _release(self, ref: RunnerRef, keep_alive: float, holds_slot: bool) -> None:
+    async def _release(self, ref: RunnerRef, holds_slot: bool) -> None:
         if holds_slot:
             ref.slots.release()
         async with self._changed:
             ref.ref_count -= 1
             ref.last_used = time.monotonic()
-            ref.keep_alive = keep_alive
-            if ref.ref_count == 0 and self._runners.get(ref.model.name.display) is ref:
-                self._arm(ref)
+            if ref.ref_count == 0:
+                if ref.retiring:
+                    self._stop_later(ref, "its last request ended")
+                elif self._runners.get(ref.name) is ref:
+                    self._arm(ref)
             self._changed.notify_all()
 
     def _arm(self, ref: RunnerRef) -> None:
         """Start the expiry timer: the model's last request has ended."""
-        if ref.keep_alive < 0:
+        if ref.keep_alive < 0 or math.isinf(ref.keep_alive):
             ref.expires_at = math.inf
+            return
+        if ref.keep_alive == 0:
+            self._stop_later(ref, "keep_alive 0")
             return
         ref.expires_at = time.time() + ref.keep_alive
         loop = asyncio.get_running_loop()
@@ -300,25 +367,45 @@ class Scheduler:
         ref.expires_at = math.inf
 
     async def _expire(self, ref: RunnerRef) -> None:
-        if ref.ref_count == 0:
-            await self._unload(ref, f"keep_alive {ref.keep_alive:g}s expired")
-
-    async def _unload(self, ref: RunnerRef, reason: str) -> None:
         async with self._changed:
-            if self._runners.get(ref.model.name.display) is not ref:
-                return
-            await self._stop_locked(ref, reason)
+            if ref.ref_count == 0 and self._runners.get(ref.name) is ref:
+                self._stop_later(ref, f"keep_alive {ref.keep_alive:g}s expired")
 
-    async def _stop_locked(self, ref: RunnerRef, reason: str) -> None:
-        log.info("unloading %s: %s", ref.model.name.display, reason)
+    def _retire(self, ref: RunnerRef, reason: str) -> None:
+        """Under the lock: no new requests for `ref`; stop it now if it serves none."""
         self._forget(ref)
+        ref.retiring = True
+        self._retired.add(ref)
         self._disarm(ref)
-        await ref.worker.stop()
-        self._changed.notify_all()
+        if ref.ref_count == 0:
+            self._stop_later(ref, reason)
+        else:
+            log.info("%s goes when its %d request(s) end: %s", ref.name, ref.ref_count, reason)
+
+    def _stop_later(self, ref: RunnerRef, reason: str) -> None:
+        """Under the lock: decide the stop; the process is stopped outside of it."""
+        if ref.stopping:
+            return
+        log.info("unloading %s: %s", ref.name, reason)
+        ref.stopping = True
+        self._forget(ref)
+        self._retired.add(ref)
+        self._disarm(ref)
+        task = asyncio.ensure_future(self._stop(ref))
+        self._stops.add(task)
+        task.add_done_callback(self._stops.discard)
+
+    async def _stop(self, ref: RunnerRef) -> None:
+        try:
+            await ref.worker.stop()
+        finally:
+            async with self._changed:
+                self._retired.discard(ref)
+                self._changed.notify_all()
 
     def _forget(self, ref: RunnerRef) -> None:
-        if self._runners.get(ref.model.name.display) is ref:
-            del self._runners[ref.model.name.display]
+        if self._runners.get(ref.name) is ref:
+            del self._runners[ref.name]
 
 
 def _size(size: float) -> str:

@@ -23,6 +23,7 @@ from typing import Any
 import msgspec
 
 from ..protocol import Message
+from .files import open_regular
 from .modelinfo import Details
 from .names import ModelName, parse_name
 
@@ -58,7 +59,7 @@ _decoder = msgspec.json.Decoder(Manifest)
 
 def _hash_file(path: Path) -> str:
     digest = hashlib.sha256()
-    with path.open("rb") as f:
+    with open_regular(path) as f:
         while chunk := f.read(1 << 20):
             digest.update(chunk)
     return digest.hexdigest()

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import functools
 import json
-import struct
+import os
+import stat
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
 from ..architectures import ENCODER_TYPES, is_encoder, runs_with_mlx_vlm
+from ..errors import StatusError
+from .files import is_regular, read_small, safetensors_header
 
 WEIGHT_GLOB = "*.safetensors"
 
@@ -23,27 +27,60 @@ class Details(msgspec.Struct):
     quantization_level: str = ""
 
 
-def read_config(model_dir: Path) -> dict[str, Any]:
+def _stamp(path: Path) -> tuple[int, int, int] | None:
     try:
-        data = json.loads((model_dir / "config.json").read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size, st.st_ino) if stat.S_ISREG(st.st_mode) else None
 
 
-def _safetensors_header(path: Path) -> dict[str, Any]:
-    with path.open("rb") as f:
-        (size,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(size))
-    return header if isinstance(header, dict) else {}
+@functools.lru_cache(maxsize=512)
+def _read_cached(path: str, stamp: tuple[int, int, int]) -> bytes:
+    return read_small(Path(path))
+
+
+def cached_bytes(path: Path) -> bytes | None:
+    """A small file's bytes, read once per version of the file: every request asks for
+    the same config and template, and the event loop must not read them again each time."""
+    stamp = _stamp(path)
+    if stamp is None:
+        return None
+    try:
+        return _read_cached(str(path), stamp)
+    except StatusError:
+        return None
+
+
+@functools.lru_cache(maxsize=512)
+def _parse_cached(path: str, stamp: tuple[int, int, int]) -> Any:
+    try:
+        return json.loads(_read_cached(path, stamp))
+    except (ValueError, StatusError):
+        return None
+
+
+def cached_json(path: Path) -> Any:
+    stamp = _stamp(path)
+    return _parse_cached(str(path), stamp) if stamp is not None else None
+
+
+def read_config(model_dir: Path) -> dict[str, Any]:
+    data = cached_json(model_dir / "config.json")
+    return dict(data) if isinstance(data, dict) else {}  # a copy: the cache stays intact
+
+
+def weight_files(model_dir: Path) -> list[Path]:
+    """The safetensors files of a model directory (regular files only)."""
+    return sorted(p for p in model_dir.glob(WEIGHT_GLOB) if is_regular(p))
 
 
 def count_parameters(model_dir: Path, config: dict[str, Any]) -> int:
     """Parameters from the safetensors shapes; packed quantized weights are unpacked."""
     bits = int((config.get("quantization") or {}).get("bits", 0) or 0)
     total = 0
-    for path in sorted(model_dir.glob(WEIGHT_GLOB)):
-        for name, info in _safetensors_header(path).items():
+    for path in weight_files(model_dir):
+        for name, info in safetensors_header(path).items():
             if name == "__metadata__" or not isinstance(info, dict):
                 continue
             if bits and name.endswith((".scales", ".biases")):
@@ -91,8 +128,13 @@ def check_model_dir(path: Path) -> str | None:
         return f"{path} has no config.json"
     if not read_config(path).get("model_type"):
         return f"{path}/config.json has no model_type"
-    if not any(path.glob(WEIGHT_GLOB)):
+    weights = sorted(path.glob(WEIGHT_GLOB))
+    if not weights:
         return f"{path} has no safetensors weights"
+    for weight in weights:
+        if not is_regular(weight):
+            return f"{weight} is not a regular file"
+        safetensors_header(weight)  # raises a 400 for a header that lies
     return None
 
 
@@ -116,21 +158,19 @@ def _tokenizer_text(model_dir: Path) -> str:
     """The chat template and special tokens, where capability markers show up."""
     parts = []
     for name in ("tokenizer_config.json", "chat_template.jinja", "chat_template.json"):
-        path = model_dir / name
-        if path.is_file():
-            parts.append(path.read_text(errors="replace"))
+        data = cached_bytes(model_dir / name)
+        if data is not None:
+            parts.append(data.decode(errors="replace"))
     return "\n".join(parts)
 
 
 def chat_template(model_dir: Path) -> str:
     """The model's own Jinja chat template, or "" when it has none."""
-    try:
-        config = json.loads((model_dir / "tokenizer_config.json").read_text())
-    except (OSError, ValueError):
-        config = {}
+    config = cached_json(model_dir / "tokenizer_config.json")
     template = config.get("chat_template") if isinstance(config, dict) else None
-    if not template and (model_dir / "chat_template.jinja").is_file():
-        template = (model_dir / "chat_template.jinja").read_text()
+    jinja = cached_bytes(model_dir / "chat_template.jinja")
+    if not template and jinja is not None:
+        template = jinja.decode(errors="replace")
     return template if isinstance(template, str) else ""
 
 

@@ -1,0 +1,1 @@
+"""Fast tests of decision logic: no server, no worker process."""

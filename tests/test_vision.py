@@ -1,7 +1,7 @@
 """Images on /api/chat and /api/generate: a tiny Qwen2-VL run by mlx-vlm in the worker.
 
 The oracle is in-process `mlx_vlm.stream_generate` on the same prompt and image, with
-Ollama's default repeat penalty: the served tokens must equal it exactly.
+Ollama's default options (repeat penalty 1.0): the served tokens must equal it exactly.
 """
 
 from __future__ import annotations
@@ -87,8 +87,7 @@ class VisionOracle:
             image=images or None,
             max_tokens=max_tokens,
             temperature=0.0,
-            repetition_penalty=1.1,  # Ollama's default, as the server applies it
-            repetition_context_size=64,
+            # Ollama's default repeat_penalty is 1.0: no penalty, as the server applies it.
         ):
             prompt_tokens = result.prompt_tokens
             text += result.text

@@ -229,6 +229,7 @@ class BatchRunner:
                 eval_count=len(seq.generated),
                 eval_duration=finished - first,
                 context=_context(seq.job, seq.prompt, seq.generated),
+                stop_sequence=seq.stops.matched,
             )
         )
 

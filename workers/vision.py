@@ -287,6 +287,7 @@ class VisionRunner:
                 eval_count=len(running.generated),
                 eval_duration=finished - first,
                 context=_context(running.job, running.prompt, running.generated),
+                stop_sequence=running.stops.matched,
             )
         )
 

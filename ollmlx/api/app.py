@@ -52,17 +52,22 @@ async def wait_for_inflight(app: web.Application) -> None:
 async def errors_middleware(
     request: web.Request, handler: web.RequestHandler
 ) -> web.StreamResponse:
-    """Errors raised before a response starts become `{"error": ...}` with a status."""
+    """Errors raised before a response starts become the dialect's error with a status."""
     try:
         return await handler(request)
     except StatusError as exc:
         return error_for(request, exc.status, exc.message)
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
         return error_for(request, 400, str(exc))
+    except web.HTTPNotFound:
+        # An unknown route (e.g. /api/push): JSON in the path's dialect, with gin's wording.
+        return error_for(request, 404, "404 page not found")
+    except web.HTTPMethodNotAllowed:
+        return error_for(request, 405, "405 method not allowed")
 
 
 def create_app(settings: Settings) -> web.Application:
-    from . import embed, models, native, openai, pull, responses
+    from . import anthropic, embed, models, native, openai, pull, responses
     from .guards import add_cors_headers, make_guards
 
     app = web.Application(
@@ -100,6 +105,7 @@ def create_app(settings: Settings) -> web.Application:
     models.add_routes(app.router)
     openai.add_routes(app.router)
     responses.add_routes(app.router)
+    anthropic.add_routes(app.router)
     embed.add_routes(app.router)
     pull.setup(app)
     return app

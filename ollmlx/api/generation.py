@@ -56,6 +56,7 @@ async def run_completion(
     """
     estimate = memory_estimate(stored, completion.sampling.num_ctx)
     async with ctx.scheduler.use(stored, keep_alive, estimate) as lease:
+        ctx.num_ctx[stored.name.display] = completion.sampling.num_ctx
         events = aiter(lease.worker.stream(completion))
         event = await anext(events)
         if isinstance(event, ErrorEvent):

@@ -147,6 +147,6 @@ def resolve_sampling(
         lower = 32768 if sampling.num_ctx > 32768 else 4096 if sampling.num_ctx > 4096 else 0
         if not lower:
             break
-        log.info("default context %d does not fit in memory: %d", sampling.num_ctx, lower)
+        log.debug("default context %d does not fit in memory: %d", sampling.num_ctx, lower)
         sampling.num_ctx = lower
     return sampling

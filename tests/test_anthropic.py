@@ -54,9 +54,13 @@ def oracle(tiny_model_dir: Path) -> Oracle:
 @pytest.fixture(scope="module")
 def plain(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Iterator[Server]:
     """A server without a prompt cache: every answer reports its whole prompt's count, so
-    token counts compare across dialects whatever ran before."""
+    token counts compare across dialects whatever ran before. Its small memory budget
+    holds the tiny models at their context, not at the unbounded one count_tokens uses."""
     srv = start_server(
-        tmp_path_factory.mktemp("anthropic"), OLLMLX_PROMPT_CACHE="0", OLLAMA_KEEP_ALIVE="10m"
+        tmp_path_factory.mktemp("anthropic"),
+        OLLMLX_PROMPT_CACHE="0",
+        OLLAMA_KEEP_ALIVE="10m",
+        OLLMLX_MEMORY_BUDGET="64M",
     )
     with srv.client() as client:
         client.create(model="tiny", from_=str(tiny_model_dir))
@@ -362,6 +366,8 @@ def test_tool_choice_none_keeps_the_tools_out_of_the_prompt(claude: Any) -> None
 
 
 def test_count_tokens_is_the_prompt_the_message_uses(claude: Any, oracle: Oracle) -> None:
+    # Regression: the count's memory estimate is the model's context, not the count's
+    # (about 270 MB for the tiny model, over this server's 64M budget).
     system = "You are terse."
     counted = claude.messages.count_tokens(model="tiny", system=system, messages=STORY)
     message = claude.messages.create(

@@ -217,8 +217,10 @@ async def count_tokens(request: web.Request) -> web.Response:
     req = chat_request(body, counting=True)
     checked = check_chat(ctx, req, relax_thinking=True)
     completion = chat_completion(req, checked)
-    completion.sampling.num_predict = 0
-    completion.sampling.num_ctx = ctx.settings.max_num_ctx
+    # Nothing generated, nothing dropped: the worker answers with the prompt's length.
+    completion.sampling = msgspec.structs.replace(
+        checked.sampling, num_predict=0, num_ctx=ctx.settings.max_num_ctx
+    )
     estimate = memory_estimate(checked.stored, checked.sampling.num_ctx)
     async with ctx.scheduler.use(checked.stored, checked.keep_alive, estimate) as lease:
         async for item in lease.worker.stream(completion):

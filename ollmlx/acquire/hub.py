@@ -51,9 +51,9 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")
 # Progress, and resuming after a dropped connection, go by whole chunks: 256 KiB instead
 # of the default 10 MiB keeps bars moving and loses less on a cut.
 constants.DOWNLOAD_CHUNK_SIZE = 256 << 10
-log = logging.getLogger("ollmlx.hub")
 # One INFO line per HTTP request is noise in the server log.
 logging.getLogger("httpx2").setLevel(logging.WARNING)
+log = logging.getLogger("ollmlx.hub")
 
 
 class Cancelled(Exception):

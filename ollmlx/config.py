@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import math
 import os
+import platform
 import re
+import shutil
+import subprocess
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,8 +17,14 @@ from pathlib import Path
 import psutil
 
 DEFAULT_PORT = 11434
+# The Ollama release whose API contract ollmlx implements (its source was read for it;
+# v0.33.0-rc2's API is the same). /api/version reports it: clients gate features on it.
+OLLAMA_API_VERSION = "0.32.15"
 # Memory the OS and other apps keep when no budget is set.
 DEFAULT_BUDGET_FRACTION = 0.75
+
+
+GIB = 1 << 30
 
 
 class ConfigError(ValueError):
@@ -118,7 +129,9 @@ class Settings:
     max_queue: int = 512
     max_loaded_models: int = 3
     memory_budget: int = 0  # bytes; 0 is filled in from physical memory
-    context_length: int = 4096
+    context_length: int = 0  # OLLAMA_CONTEXT_LENGTH; 0: `default_num_ctx`, picked by memory
+    default_num_ctx: int = 4096  # num_ctx when neither the request nor the model sets one
+    backend: str = "cpu"  # where MLX runs: "metal", "cuda" or "cpu" (decided by platform)
     origins: tuple[str, ...] = ()
     shutdown_grace: float = 10.0
     prompt_cache_bytes: int = 1 << 30  # per worker; 0 turns prompt caching off
@@ -133,11 +146,60 @@ class Settings:
     log_file: Path | None = None  # rotating log file; None: readable lines on stderr
     log_max_bytes: int = 10 << 20  # rotate the log file past this size (5 old files kept)
     no_openblas: bool = False  # True: workers keep MLX's bundled BLAS (no OpenBLAS preload)
+    no_cloud: bool = False  # OLLAMA_NO_CLOUD: only reported by /api/status (there is no cloud)
 
     @property
     def base_url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}"
+
+
+def detect_backend() -> str:
+    """Where the workers' MLX runs, decided without importing MLX (the supervisor never
+    does): Metal on Apple silicon macOS, CUDA when the `cuda` extra (mlx-cuda-*) is
+    installed on Linux, else the CPU (`mlx[cpu]`)."""
+    if sys.platform == "darwin" and platform.machine() == "arm64":
+        return "metal"
+    if sys.platform.startswith("linux"):
+        names = {(d.metadata["Name"] or "").lower() for d in importlib.metadata.distributions()}
+        if any(name.startswith("mlx-cuda") for name in names):
+            return "cuda"
+    return "cpu"
+
+
+def gpu_memory(backend: str, total_memory: int) -> int:
+    """Bytes of GPU memory, as Ollama counts it for its default context.
+
+    Metal: Ollama reads the device's recommendedMaxWorkingSetSize (discover/
+    gpu_info_darwin.m), which macOS sets to about 2/3 of RAM up to 36 GiB and 3/4 above
+    (approximated here). CUDA: the GPUs' total memory (nvidia-smi). CPU: none, so Ollama's
+    smallest default applies.
+    """
+    if backend == "metal":
+        return total_memory * 2 // 3 if total_memory <= 36 * GIB else total_memory * 3 // 4
+    if backend == "cuda" and shutil.which("nvidia-smi"):
+        try:
+            out = subprocess.run(
+                ["nvidia-smi", "--query-gpu=memory.total", "--format=csv,noheader,nounits"],
+                capture_output=True,
+                text=True,
+                timeout=5,
+                check=True,
+            ).stdout
+            return sum(int(line) for line in out.split() if line.isdigit()) << 20
+        except (OSError, subprocess.SubprocessError, ValueError):
+            return 0
+    return 0
+
+
+def default_context_length(gpu_bytes: int) -> int:
+    """Ollama's default num_ctx by GPU memory (server/routes.go Serve): 47/23 GiB
+    thresholds, slightly under 48/24 GiB to allow for what the driver reserves."""
+    if gpu_bytes >= 47 * GIB:
+        return 262144
+    if gpu_bytes >= 23 * GIB:
+        return 32768
+    return 4096
 
 
 DEFAULTS = Settings()  # the one place every default lives; load_settings reads them here
@@ -181,6 +243,13 @@ def _size(env: Mapping[str, str], name: str, default: int, total: int) -> int:
         raise ConfigError(f"{name}: expected bytes (64M) or a percentage, got {text!r}") from None
 
 
+def _go_bool(text: str | None) -> bool:
+    """envconfig.Bool: unset is false; a value Go's ParseBool rejects counts as true."""
+    if text is None:
+        return False
+    return text.strip() not in ("0", "f", "F", "false", "FALSE", "False")
+
+
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Settings from the environment, with a clear ConfigError for a bad value."""
     env = os.environ if env is None else env
@@ -192,6 +261,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     )
     max_loaded = _int(env, "OLLAMA_MAX_LOADED_MODELS", 0)
     log_file = _env(env, "OLLMLX_LOG_FILE")
+    backend = detect_backend()
     origins = tuple(o.strip() for o in (_env(env, "OLLAMA_ORIGINS") or "").split(",") if o.strip())
     d = DEFAULTS
     return Settings(
@@ -205,7 +275,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         max_queue=_int(env, "OLLAMA_MAX_QUEUE", d.max_queue, minimum=1),
         max_loaded_models=max_loaded or d.max_loaded_models,
         memory_budget=budget,
-        context_length=_int(env, "OLLAMA_CONTEXT_LENGTH", d.context_length, minimum=1),
+        context_length=_int(env, "OLLAMA_CONTEXT_LENGTH", 0),
+        default_num_ctx=default_context_length(gpu_memory(backend, total_memory)),
+        backend=backend,
         origins=origins,
         shutdown_grace=_duration(env, "OLLMLX_SHUTDOWN_GRACE", d.shutdown_grace),
         prompt_cache_bytes=_size(env, "OLLMLX_PROMPT_CACHE", d.prompt_cache_bytes, total_memory),
@@ -218,4 +290,5 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         log_file=Path(log_file).expanduser() if log_file else None,
         log_max_bytes=max(1, _size(env, "OLLMLX_LOG_MAX_SIZE", d.log_max_bytes, total_memory)),
         no_openblas=(_env(env, "OLLMLX_NO_OPENBLAS") or "0").lower() not in ("0", "false"),
+        no_cloud=_go_bool(_env(env, "OLLAMA_NO_CLOUD")),
     )

@@ -1,6 +1,8 @@
 """Ollama `options` (and Modelfile PARAMETERs) -> a resolved `Sampling`.
 
-Precedence: request options, then the model's stored parameters, then Ollama's defaults.
+Precedence: request options, then the model's stored parameters, then Ollama's defaults
+(`DefaultOptions()` in api/types.go). num_ctx without any of them: OLLAMA_CONTEXT_LENGTH,
+else the default picked by memory; either way at most the model's trained context.
 Unknown keys are ignored with a log line; a wrong type is a 400 with Ollama's wording.
 """
 
@@ -8,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from .config import Settings
@@ -50,6 +52,22 @@ MAX_STOPS, MAX_STOP_LENGTH = 64, 4096
 
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # Go's int: what Ollama's options hold
+
+# Ollama's DefaultOptions() (api/types.go), for every option a worker acts on. Note
+# repeat_penalty 1.0 (off): older docs pages say 1.1, the code says 1.0. min_p is unset
+# (0) there. num_ctx comes from the settings (see resolve_sampling).
+DEFAULT_OPTIONS: dict[str, Any] = {
+    "num_predict": -1,
+    "temperature": 0.8,
+    "top_k": 40,
+    "top_p": 0.9,
+    "min_p": 0.0,
+    "repeat_last_n": 64,
+    "repeat_penalty": 1.0,
+    "presence_penalty": 0.0,
+    "frequency_penalty": 0.0,
+    "seed": None,  # -1 there: a random seed
+}
 
 
 def check_option(key: str, value: Any) -> Any:
@@ -105,11 +123,21 @@ def resolve_sampling(
     settings: Settings,
     stored: Mapping[str, Any],
     requested: Mapping[str, Any] | None,
+    trained_context: int = 0,
+    fits: Callable[[int], bool] | None = None,
 ) -> Sampling:
-    values: dict[str, Any] = {"num_ctx": settings.context_length}
+    """Every option's final value. `trained_context` (0: unknown) caps num_ctx; an
+    automatic num_ctx whose KV cache would not fit (`fits`) steps down as Ollama's
+    reduceAutoNumCtxForLoadOOM does (server/sched.go nextLowerAutoNumCtx)."""
+    values: dict[str, Any] = dict(DEFAULT_OPTIONS)
+    automatic = True  # num_ctx from memory, not asked for (Ollama's usesAutomaticNumCtx)
+    values["num_ctx"] = settings.context_length or settings.default_num_ctx
+    if settings.context_length:
+        automatic = False
     for key, value in stored.items():
         if key in _SAMPLING_FIELDS:
             values[key] = value
+            automatic = automatic and key != "num_ctx"
     for key, value in (requested or {}).items():
         if key not in OPTION_TYPES:
             log.warning("invalid option provided: %s", key)
@@ -119,6 +147,7 @@ def resolve_sampling(
         converted = check_option(key, value)
         if key in _SAMPLING_FIELDS:
             values[key] = converted
+            automatic = automatic and key != "num_ctx"
     if values.get("seed") is not None and values["seed"] < 0:
         values["seed"] = None  # Ollama: -1 means a random seed
     sampling = Sampling(**values)
@@ -126,6 +155,20 @@ def resolve_sampling(
         raise StatusError(f"num_ctx must be between 1 and {settings.max_num_ctx}", 400)
     if sampling.num_predict > settings.max_num_predict:
         raise StatusError(f"num_predict must be at most {settings.max_num_predict}", 400)
+    if trained_context > 0 and sampling.num_ctx > trained_context:
+        if not automatic:  # llm/server.go logs it; the automatic default is capped quietly
+            log.warning(
+                "requested context size too large for model num_ctx=%d n_ctx_train=%d",
+                sampling.num_ctx,
+                trained_context,
+            )
+        sampling.num_ctx = trained_context
+    while automatic and fits is not None and not fits(sampling.num_ctx):
+        lower = 32768 if sampling.num_ctx > 32768 else 4096 if sampling.num_ctx > 4096 else 0
+        if not lower:
+            break
+        log.debug("default context %d does not fit in memory: %d", sampling.num_ctx, lower)
+        sampling.num_ctx = lower
     check_ranges(sampling)
     return sampling
 

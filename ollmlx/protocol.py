@@ -25,7 +25,7 @@ class Sampling(msgspec.Struct, omit_defaults=True):
     seed: int | None = None
     num_predict: int = -1  # -1: until the context is full
     stop: list[str] = msgspec.field(default_factory=list)
-    repeat_penalty: float = 1.1  # Ollama's DefaultOptions (its docs page says 1.0)
+    repeat_penalty: float = 1.0  # Ollama's DefaultOptions (api/types.go; old docs say 1.1)
     repeat_last_n: int = 64
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
@@ -106,6 +106,7 @@ class DoneEvent(msgspec.Struct, omit_defaults=True, tag="done"):
     context: list[int] | None = None
     # Prompt tokens served from the prompt cache (OpenAI's usage.cached_tokens).
     cached_count: int = 0
+    stop_sequence: str = ""  # the stop string that ended the answer, if one did
 
 
 class ErrorEvent(msgspec.Struct, tag="error"):

@@ -2,6 +2,8 @@
 
 - GET /api/models/{org}/{repo}[/revision/{rev}]: model info with `sha` and `siblings`
   (size, blobId, lfs.sha256 for LFS files), as `HfApi.model_info(files_metadata=True)` reads.
+- GET /api/models?author=&search=&sort=downloads&limit=: the models listing
+  (`HfApi.list_models`), the served repos and `listed` ones, most downloaded first.
 - HEAD/GET /{org}/{repo}/resolve/{rev}/{file}: X-Repo-Commit, ETag, X-Linked-Etag and
   X-Linked-Size for LFS files, Content-Length, Accept-Ranges; GET honours `Range: bytes=N-`.
 Faults on demand: cut a connection mid-file (once or for good), serve corrupted bytes,
@@ -68,6 +70,7 @@ class FakeHub:
         self.cut_once: set[str] = set()  # cut the next GET of these files halfway
         self.cut_always: set[str] = set()  # cut, then refuse every later GET
         self.corrupt: set[str] = set()  # serve these with one byte flipped
+        self.listed: dict[str, int] = {}  # repo id -> downloads: found by searches only
         self._loop = asyncio.new_event_loop()
         self._runner: web.AppRunner | None = None
         self._hold: asyncio.Event | None = None
@@ -120,6 +123,7 @@ class FakeHub:
     # -- server -------------------------------------------------------------------------
     async def _start(self) -> None:
         app = web.Application()
+        app.router.add_get("/api/models", self._list)
         app.router.add_get("/api/models/{org}/{repo}", self._info)
         app.router.add_get("/api/models/{org}/{repo}/revision/{rev}", self._info)
         app.router.add_route("*", "/{org}/{repo}/resolve/{rev}/{filename:.+}", self._resolve)
@@ -142,6 +146,23 @@ class FakeHub:
                 headers={"X-Error-Code": "RevisionNotFound"}, text="Invalid rev id"
             )
         return repo
+
+    async def _list(self, request: web.Request) -> web.Response:
+        """The Hub's search: `author` is the namespace, `search` a case-insensitive
+        substring of the id; sorted by downloads (the Hub sorts descending)."""
+        query = request.query
+        self.requests.append(Request("GET", "(list)", query.get("search", ""), ""))
+        downloads = {repo.repo_id: 0 for repo in self.repos.values()} | self.listed
+        author, search = query.get("author", ""), query.get("search", "").lower()
+        found = [
+            {"id": repo_id, "modelId": repo_id, "downloads": count, "private": False}
+            for repo_id, count in downloads.items()
+            if (not author or repo_id.split("/")[0] == author) and search in repo_id.lower()
+        ]
+        if query.get("sort") == "downloads":
+            found.sort(key=lambda item: -item["downloads"])
+        limit = int(query.get("limit", "1000"))
+        return web.json_response(found[:limit])
 
     async def _info(self, request: web.Request) -> web.Response:
         self.requests.append(Request("GET", request.match_info["repo"], "(info)", ""))

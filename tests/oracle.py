@@ -26,8 +26,9 @@ class Oracle:
         )
         return list(self.tokenizer.encode(text, add_special_tokens=False))
 
-    def greedy(self, prompt: list[int], max_tokens: int, repeat_penalty: float = 1.1) -> Generation:
-        """Greedy decoding with Ollama's default repeat penalty (last 64 tokens)."""
+    def greedy(self, prompt: list[int], max_tokens: int, repeat_penalty: float = 1.0) -> Generation:
+        """Greedy decoding; Ollama's default repeat penalty is 1.0 (off), else over the
+        last 64 tokens."""
         from mlx_lm import stream_generate
         from mlx_lm.sample_utils import make_logits_processors, make_sampler
 
@@ -66,9 +67,7 @@ class Oracle:
             prompt,
             max_tokens=max_tokens,
             sampler=make_sampler(temp=0.0),
-            logits_processors=make_logits_processors(
-                repetition_penalty=1.1, repetition_context_size=64
-            ),
+            logits_processors=make_logits_processors(),  # repeat_penalty 1.0: none
         ):
             logprobs = response.logprobs
             top = mx.argsort(-logprobs)[:3].tolist()

@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 
 import ollmlx
+from ollmlx.cli.manage import processor
+from ollmlx.config import OLLAMA_API_VERSION, detect_backend
 from tests.conftest import Server, free_port
 
 
@@ -30,7 +32,9 @@ def ollmlx_cli(
 def test_version() -> None:
     result = ollmlx_cli(None, "--version")
     assert result.returncode == 0
-    assert result.stdout.strip() == f"ollmlx version is {ollmlx.__version__}"
+    # Its own version and the Ollama release whose API it implements.
+    expected = f"ollmlx version is {ollmlx.__version__} (Ollama API {OLLAMA_API_VERSION})"
+    assert result.stdout.strip() == expected
 
 
 def test_create_from_modelfile_then_list_show_cp_rm(
@@ -100,7 +104,11 @@ def test_ps_and_stop(server: Server) -> None:
         "CONTEXT",
         "UNTIL",
     ]
-    assert "stoppable:latest" in ps.stdout
+    (row,) = [line for line in ps.stdout.splitlines() if line.startswith("stoppable:latest")]
+    # Ollama's PROCESSOR column: MLX on the CPU (Linux without CUDA) holds nothing in VRAM.
+    processor = "100% CPU" if detect_backend() == "cpu" else "100% GPU"
+    assert f"  {processor}  " in row
+    assert "  2048  " in row  # the context: the default, capped at the trained one
     stopped = ollmlx_cli(server, "stop", "stoppable")
     assert stopped.returncode == 0
     assert "stoppable" not in ollmlx_cli(server, "ps").stdout
@@ -123,3 +131,12 @@ def test_client_commands_explain_a_server_that_is_not_running() -> None:
     assert result.returncode == 1
     assert result.stderr.startswith("Error: could not connect to ollmlx at http://127.0.0.1:")
     assert "ollmlx serve" in result.stderr
+
+
+def test_processor_column_is_ollamas() -> None:
+    # cmd/cmd.go ListRunningHandler.
+    assert processor(1000, 0) == "100% CPU"
+    assert processor(1000, 1000) == "100% GPU"
+    assert processor(1000, 2000) == "Unknown"
+    assert processor(1000, 750) == "25%/75% CPU/GPU"
+    assert processor(1000, 995) == "1%/99% CPU/GPU"  # 0.5% rounds up, as Go's math.Round

@@ -7,6 +7,7 @@ driver), which subprocess pipes cannot; both talk to a real `ollmlx serve`.
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 import subprocess
@@ -18,8 +19,10 @@ import httpx
 import pexpect
 import pytest
 
+from ollmlx.cli.gofmt import go_float32_list
 from ollmlx.cli.terminal import WordWrapper, char_width
 from tests.conftest import Server, wait_for
+from tests.scriptedmodel import build_scripted_model
 
 GREEDY = {"temperature": 0.0, "num_predict": 5}
 
@@ -208,6 +211,11 @@ def test_verbose_prints_metrics_on_stderr(server: Server, greedy: str, tmp_path:
         "eval rate",
     ]
     assert re.search(r"^eval count:\s+5 token\(s\)$", result.stderr, re.M)
+    # Go's time.Duration text, as Ollama prints it with %v: "60.921ms", not "0.060921s".
+    go = r"(\d+h)?(\d+m)?\d+(\.\d+)?(ns|µs|ms|s)"
+    durations = [line for line in result.stderr.splitlines() if "duration" in line]
+    assert len(durations) == 4
+    assert all(re.fullmatch(rf"[a-z ]+duration: +{go}", line) for line in durations), durations
 
 
 def test_format_json_and_keepalive_are_sent(server: Server, greedy: str, tmp_path: Path) -> None:
@@ -244,7 +252,8 @@ def test_bad_think_value_is_refused(server: Server, tmp_path: Path) -> None:
     result = run_cli(server, tmp_path, "tiny", "hi", "--think=maybe")
     assert result.returncode == 1
     assert result.stderr == (
-        'Error: invalid value for --think: "maybe" (must be true, false, high, medium, or low)\n'
+        'Error: invalid value for --think: "maybe" (must be true, false, high, medium, low, '
+        "or max)\n"
     )
 
 
@@ -283,7 +292,9 @@ def test_word_wrap_moves_whole_words_to_the_next_line() -> None:
 
 
 def test_interactive_answers_wrap_at_the_terminal_width(spawn: object, server: Server) -> None:
-    options = {"temperature": 0.0, "num_predict": 80}
+    # A repeat penalty keeps the tiny model from looping on one endless word, so the
+    # answer has words to wrap at.
+    options = {"temperature": 0.0, "num_predict": 80, "repeat_penalty": 1.1}
     with server.client() as client:
         expected = client.chat(
             model="tiny", messages=[{"role": "user", "content": "hi"}], options=options
@@ -293,6 +304,8 @@ def test_interactive_answers_wrap_at_the_terminal_width(spawn: object, server: S
     child.sendline("/set parameter temperature 0")
     child.expect_exact(">>> ")
     child.sendline("/set parameter num_predict 80")
+    child.expect_exact(">>> ")
+    child.sendline("/set parameter repeat_penalty 1.1")
     child.expect_exact(">>> ")
     child.sendline("hi")
     child.expect_exact("hi\r\n")
@@ -309,3 +322,59 @@ def test_no_word_wrap_passes_text_through() -> None:
     out = io.StringIO()
     WordWrapper(out, width=0).write("a " * 100)
     assert out.getvalue() == "a " * 100
+
+
+@pytest.fixture(scope="module")
+def thinker(server: Server, tmp_path_factory: pytest.TempPathFactory) -> str:
+    model_dir = build_scripted_model(tmp_path_factory.mktemp("scripted") / "thinker")
+    with server.client() as client:
+        client.create(model="thinker", from_=str(model_dir))
+    return "thinker"
+
+
+def test_thinking_is_printed_before_the_answer_in_ollamas_layout(
+    server: Server, thinker: str, tmp_path: Path
+) -> None:
+    with server.client() as client:
+        answer = client.generate(model=thinker, prompt="weather?", think=True)
+    assert answer.thinking == "The user wants the weather."
+    result = run_cli(server, tmp_path, thinker, "weather?", "--think")
+    assert result.returncode == 0, result.stderr
+    # cmd/cmd.go: "Thinking...", the thinking, a newline, "...done thinking." and a blank
+    # line on stdout, then the answer; no colours when stdout is not a terminal.
+    assert result.stdout == (
+        f"Thinking...\n{answer.thinking}\n...done thinking.\n\n{answer.response}\n\n"
+    )
+    hidden = run_cli(server, tmp_path, thinker, "weather?", "--think", "--hidethinking")
+    assert hidden.stdout == answer.response + "\n\n"
+    maximal = run_cli(server, tmp_path, thinker, "weather?", "--think=max")
+    assert maximal.stdout == result.stdout
+
+
+def test_thinking_in_a_terminal_is_grey(spawn: object, thinker: str) -> None:
+    child = spawn(thinker, "weather?", "--think")  # type: ignore[operator]
+    child.expect(pexpect.EOF)
+    output = child.before.replace("\r\n", "\n")
+    assert "\x1b[38;5;245m\x1b[1mThinking...\n\x1b[0m\x1b[38;5;245m" in output
+    assert "\x1b[38;5;245m\x1b[1m...done thinking.\n\n\x1b[0m" in output
+
+
+def test_run_on_an_embedding_model_prints_the_vector(server: Server, tmp_path: Path) -> None:
+    from tests.embed_reference import minilm_dir
+
+    with server.client() as client:
+        client.create(model="minilm-run", from_=str(minilm_dir()))
+        expected = client.embed(model="minilm-run", input="the sky is blue").embeddings[0]
+    result = run_cli(server, tmp_path, "minilm-run", "the sky is blue")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.endswith("]\n") and " " not in result.stdout
+    assert result.stdout == go_float32_list(list(expected)) + "\n"
+    assert json.loads(result.stdout) == pytest.approx(list(expected), rel=1e-6)
+    short = run_cli(server, tmp_path, "minilm-run", "the sky is blue", "--dimensions", "4")
+    assert len(json.loads(short.stdout)) == 4
+    missing = run_cli(server, tmp_path, "minilm-run")
+    assert missing.returncode == 1
+    assert missing.stderr == (
+        "Error: embedding models require input text. Usage: ollmlx run minilm-run "
+        '"your text here"\n'
+    )

@@ -9,14 +9,58 @@ import ollama
 import pytest
 
 import ollmlx
+from ollmlx.config import OLLAMA_API_VERSION, detect_backend
 from tests.conftest import Server
 
 
 def test_root_and_version(server: Server, client: ollama.Client) -> None:
     response = httpx.get(server.url + "/")
     assert response.status_code == 200 and response.text == "Ollama is running"
-    assert httpx.head(server.url + "/").status_code == 200
-    assert httpx.get(server.url + "/api/version").json() == {"version": ollmlx.__version__}
+    assert httpx.get(server.url + "/api/version").json() == {
+        "version": OLLAMA_API_VERSION,  # the Ollama release whose API is implemented
+        "ollmlx_version": ollmlx.__version__,
+    }
+
+
+def test_head_is_answered_where_ollama_answers_it(server: Server) -> None:
+    # server/routes.go: r.HEAD("/"), r.HEAD("/api/version"), r.HEAD("/api/tags").
+    for path in ("/", "/api/version", "/api/tags"):
+        response = httpx.head(server.url + path)
+        assert response.status_code == 200, path
+        assert response.content == b""
+
+
+def test_status_is_ollamas_with_the_cloud_off(server: Server) -> None:
+    response = httpx.get(server.url + "/api/status")
+    assert response.status_code == 200
+    assert response.json() == {"cloud": {"disabled": True, "source": "config"}}
+
+
+def test_unknown_routes_answer_json_errors(server: Server, client: ollama.Client) -> None:
+    with pytest.raises(ollama.ResponseError) as err:
+        client.push("tiny")  # Ollama's registry: not a route here
+    assert err.value.status_code == 404
+    assert err.value.error == "404 page not found"
+    response = httpx.get(server.url + "/api/nothing")
+    assert response.headers["Content-Type"].startswith("application/json")
+    assert response.json() == {"error": "404 page not found"}
+    response = httpx.get(server.url + "/api/generate")
+    assert response.status_code == 405
+    assert response.json() == {"error": "405 method not allowed"}
+    response = httpx.post(server.url + "/v1/nothing", json={})
+    assert response.status_code == 404
+    assert response.json() == {
+        "error": {
+            "message": "404 page not found",
+            "type": "not_found_error",
+            "param": None,
+            "code": None,
+        }
+    }
+    response = httpx.post(server.url + "/v1/messages/nothing", json={})
+    assert response.status_code == 404
+    body = response.json()
+    assert body["error"] == {"type": "not_found_error", "message": "404 page not found"}
 
 
 def test_list_shows_created_model_with_details(client: ollama.Client) -> None:
@@ -120,8 +164,11 @@ def test_ps_lists_loaded_model(client: ollama.Client) -> None:
     running = {m.model: m for m in client.ps().models}
     tiny = running["tiny:latest"]
     assert tiny.size and tiny.size > 0
-    assert tiny.size_vram == tiny.size
-    assert tiny.context_length == 4096
+    # All of it in (unified) GPU memory on Metal or CUDA, none when MLX runs on the CPU.
+    assert tiny.size_vram == (0 if detect_backend() == "cpu" else tiny.size)
+    # The default context (4096 below 23 GiB of GPU memory), capped at the tiny model's
+    # trained context.
+    assert tiny.context_length == 2048
     assert tiny.expires_at is not None
     assert tiny.digest == {m.model: m for m in client.list().models}["tiny:latest"].digest
 

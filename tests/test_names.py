@@ -47,6 +47,12 @@ def test_spellings_of_one_model_share_one_manifest_path() -> None:
         ("phi4", "mlx-community/phi-4-4bit"),
         ("deepseek-r1:8B", "mlx-community/DeepSeek-R1-0528-Qwen3-8B-4bit"),
         ("nomic-embed-text", "nomic-ai/nomic-embed-text-v1.5"),
+        ("gpt-oss", "mlx-community/gpt-oss-20b-MXFP4-Q8"),
+        ("gpt-oss:120b", "mlx-community/gpt-oss-120b-MXFP4-Q8"),
+        ("gemma4:e2b", "mlx-community/gemma-4-e2b-it-4bit"),
+        ("qwen3.5:27b", "mlx-community/Qwen3.5-27B-4bit"),
+        ("qwen3-coder", "mlx-community/Qwen3-Coder-30B-A3B-Instruct-4bit"),
+        ("phi4-reasoning:plus", "mlx-community/Phi-4-reasoning-plus-4bit"),
     ],
 )
 def test_ollama_short_names_resolve_through_the_alias_table(text: str, repo: str) -> None:
@@ -59,6 +65,17 @@ def test_every_alias_has_a_latest_tag_and_points_at_a_repo() -> None:
     for name, tags in alias_table().items():
         assert "latest" in tags, name
         assert all(repo.count("/") == 1 for repo in tags.values()), name
+        # `latest` is one of the named tags, as in Ollama's library.
+        assert len(tags) == 1 or tags["latest"] in [r for t, r in tags.items() if t != "latest"]
+
+
+def test_the_alias_table_covers_ollamas_most_pulled_families() -> None:
+    families = {
+        "gpt-oss", "llama3.1", "llama3.2", "llama3.3", "qwen3", "qwen3.5", "qwen3-coder",
+        "qwen2.5", "qwen2.5-coder", "gemma3", "gemma4", "deepseek-r1", "mistral", "phi4",
+        "qwq", "nomic-embed-text",
+    }  # fmt: skip
+    assert families <= set(alias_table())
 
 
 def test_unknown_short_name_and_tag_explain_themselves() -> None:

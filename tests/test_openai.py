@@ -295,21 +295,32 @@ def test_reasoning_effort_none_turns_thinking_off(oai: openai.OpenAI, agent: str
     assert not again.choices[0].message.model_extra
 
 
+def test_reasoning_efforts_are_clamped_to_ollamas_levels(oai: openai.OpenAI, agent: str) -> None:
+    # openai/openai.go thinkFromReasoningEffort: minimal -> low, xhigh/ultra -> max.
+    for effort in ("minimal", "low", "medium", "high", "max", "xhigh", "ultra"):
+        result = oai.chat.completions.create(
+            model=agent, messages=ASK, extra_body={"reasoning_effort": effort}
+        )
+        assert result.choices[0].message.model_extra == {
+            "reasoning": THINKING,
+            "reasoning_content": THINKING,
+        }, effort
+
+
 def test_bad_reasoning_values_are_400(oai: openai.OpenAI, agent: str) -> None:
     with pytest.raises(openai.BadRequestError) as err:
-        oai.chat.completions.create(model=agent, messages=ASK, reasoning_effort="high")
-    assert err.value.body == {
-        "message": 'think value "high" is not supported for this model',
+        oai.chat.completions.create(model=agent, messages=ASK, extra_body={"reasoning_effort": "x"})
+    body: Any = err.value.body
+    assert body == {
+        "message": 'invalid reasoning value: "x" (must be "minimal", "low", "medium", "high", '
+        '"xhigh", "ultra", "max", or "none")',
         "type": "invalid_request_error",
         "param": None,
         "code": None,
     }
     with pytest.raises(openai.BadRequestError) as err:
-        oai.chat.completions.create(model=agent, messages=ASK, extra_body={"reasoning_effort": "x"})
-    body: Any = err.value.body
-    assert body["message"] == (
-        'invalid reasoning value: \'x\' (must be "high", "medium", "low", or "none")'
-    )
+        oai.chat.completions.create(model="tiny", messages=ASK, reasoning_effort="high")
+    assert err.value.body["message"] == '"tiny" does not support thinking'  # type: ignore[index]
 
 
 # --- errors ------------------------------------------------------------------------

@@ -176,6 +176,37 @@ def test_unknown_repo_and_unknown_short_name_are_404(hub_server: Server) -> None
     assert response.json() == {"error": "invalid model name"}
 
 
+def test_unknown_short_name_is_answered_with_mlx_community_candidates(
+    hub_server: Server, hub: FakeHub, tiny_model_dir: Path
+) -> None:
+    hub.listed.update(
+        {
+            "mlx-community/Qwen9-27B-4bit": 900,
+            "mlx-community/Qwen9-35B-A3B-4bit": 1200,
+            "mlx-community/Qwen2.5-7B-Instruct-4bit": 5000,  # not a match
+            "someone/Qwen9-27B-4bit": 99999,  # not mlx-community
+        }
+    )
+    with hub_server.client() as c:
+        with pytest.raises(ollama.ResponseError) as err:
+            c.pull("qwen9:27b")
+        # Repos naming the tag come first, then by downloads.
+        assert err.value.status_code == 404
+        assert err.value.error == (
+            "pull model manifest: file does not exist: 'qwen9' is not a known model name; "
+            "did you mean mlx-community/Qwen9-27B-4bit, mlx-community/Qwen9-35B-A3B-4bit? "
+            "Pull one by its name, e.g. ollmlx pull mlx-community/Qwen9-27B-4bit"
+        )
+        searches = [r.filename for r in hub.requests if r.repo == "(list)"]
+        assert searches == ["qwen9", "qwen-9"]  # as typed, then the hub's spelling
+        # A candidate found only under the hub's spelling ("tiny-9"), and pullable as named.
+        hub.add_repo("mlx-community/Tiny-9-4bit", tiny_model_dir)
+        with pytest.raises(ollama.ResponseError) as err:
+            c.pull("tiny9")
+        assert "did you mean mlx-community/Tiny-9-4bit?" in err.value.error
+        assert c.pull("mlx-community/Tiny-9-4bit").status == "success"
+
+
 def test_not_enough_disk_space_fails_before_downloading(hub_server: Server, hub: FakeHub) -> None:
     hub.repos[REPO].sizes[WEIGHTS] = 1 << 60  # an exabyte: no disk has room
     with hub_server.client() as c, pytest.raises(ollama.ResponseError) as err:

@@ -14,6 +14,9 @@ import pytest
 from tests.conftest import Server
 from tests.oracle import Oracle
 
+# No additional properties: a bounded document, so even a sampled random model must finish
+# it within num_predict (an extra key's string has no bound). With repeat_penalty 1.0,
+# Ollama's default, seed 0 at temperature 1 wrote such a key until the token limit.
 PERSON = {
     "type": "object",
     "properties": {
@@ -27,10 +30,12 @@ PERSON = {
                 "zip": {"type": "string", "pattern": "^[0-9]{5}$"},
             },
             "required": ["city", "zip"],
+            "additionalProperties": False,
         },
         "active": {"type": "boolean"},
     },
     "required": ["name", "age", "tags", "address", "active"],
+    "additionalProperties": False,
 }
 SCHEMAS = [
     PERSON,
@@ -40,7 +45,12 @@ SCHEMAS = [
         "minItems": 2,
         "maxItems": 5,
     },
-    {"type": "object", "properties": {"answer": {"enum": ["yes", "no"]}}, "required": ["answer"]},
+    {
+        "type": "object",
+        "properties": {"answer": {"enum": ["yes", "no"]}},
+        "required": ["answer"],
+        "additionalProperties": False,
+    },
 ]
 
 

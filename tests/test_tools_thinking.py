@@ -11,7 +11,7 @@ import ollama
 import pytest
 
 from tests.conftest import Server
-from tests.scriptedmodel import build_scripted_model
+from tests.scriptedmodel import TOOL_TEMPLATE, build_scripted_model
 
 WEATHER_TOOL = {
     "type": "function",
@@ -108,11 +108,44 @@ def test_tools_on_a_model_without_tool_support_is_400(client: ollama.Client) -> 
     assert err.value.error == '"tiny" does not support tools'
 
 
-def test_think_levels_need_a_template_that_takes_them(agent: ollama.Client) -> None:
+def test_think_levels_are_accepted_by_every_thinking_model(agent: ollama.Client) -> None:
+    # Its template takes no level: a level is think=true there, as in Ollama (#14625).
+    for level in ("low", "medium", "high", "max"):
+        result = agent.chat(model="agent", messages=ASK, tools=[WEATHER_TOOL], think=level)
+        assert result.message.thinking == "The user wants the weather.", level
+        assert result.message.tool_calls is not None
+
+
+def test_think_level_reaches_a_template_that_takes_one(
+    agent: ollama.Client, tmp_path: Path
+) -> None:
+    from tokenizers import Tokenizer
+
+    template = TOOL_TEMPLATE.replace(
+        "{{ bos_token }}",
+        "{{ bos_token }}{%- if reasoning_effort is defined %}"
+        "{{ '<|system|>\\nReasoning: ' + reasoning_effort + '<|end|>\\n' }}{%- endif %}",
+    )
+    model_dir = build_scripted_model(tmp_path / "effort")
+    agent.create(model="effort", from_=str(model_dir), template=template)
+    tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+    # "max" is the template's top level, "high", as Ollama maps it for harmony templates.
+    for level, shown in (("low", "low"), ("max", "high")):
+        result = agent.generate(
+            model="effort", prompt="weather?", think=level, options={"num_predict": 1}
+        )
+        assert result.context is not None
+        assert f"Reasoning: {shown}" in tokenizer.decode(list(result.context)), level
+    agent.delete("effort")
+
+
+def test_unknown_think_level_is_400(agent: ollama.Client) -> None:
     with pytest.raises(ollama.ResponseError) as err:
-        agent.chat(model="agent", messages=ASK, think="high")
+        agent.chat(model="agent", messages=ASK, think="extreme")
     assert err.value.status_code == 400
-    assert err.value.error == 'think value "high" is not supported for this model'
+    assert err.value.error == (
+        'invalid think value: "extreme" (must be "high", "medium", "low", "max", true, or false)'
+    )
 
 
 def test_scripted_model_builds_deterministically(tmp_path: Path) -> None:

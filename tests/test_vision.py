@@ -1,7 +1,7 @@
 """Images on /api/chat and /api/generate: a tiny Qwen2-VL run by mlx-vlm in the worker.
 
 The oracle is in-process `mlx_vlm.stream_generate` on the same prompt and image, with
-Ollama's default repeat penalty: the served tokens must equal it exactly.
+Ollama's default options (repeat penalty 1.0): the served tokens must equal it exactly.
 """
 
 from __future__ import annotations
@@ -87,8 +87,7 @@ class VisionOracle:
             image=images or None,
             max_tokens=max_tokens,
             temperature=0.0,
-            repetition_penalty=1.1,  # Ollama's default, as the server applies it
-            repetition_context_size=64,
+            # Ollama's default repeat_penalty is 1.0: no penalty, as the server applies it.
         ):
             prompt_tokens = result.prompt_tokens
             text += result.text
@@ -300,3 +299,22 @@ def test_openai_image_parts_answer_as_native_images(
     assert reply.usage is not None
     assert reply.usage.prompt_tokens == native.prompt_eval_count
     assert reply.choices[0].finish_reason == "length"
+
+
+def test_anthropic_image_block_equals_in_process_mlx_vlm(
+    vision_server: Server, oracle: VisionOracle
+) -> None:
+    anthropic = require("anthropic", "the anthropic SDK is not installed (make install)")
+    image = {"type": "base64", "media_type": "image/png", "data": base64.b64encode(RED).decode()}
+    content = [{"type": "image", "source": image}, {"type": "text", "text": "What is in this?"}]
+    with anthropic.Anthropic(base_url=vision_server.url, api_key="x", max_retries=0) as claude:
+        message = claude.messages.create(
+            model=MODEL,
+            max_tokens=12,
+            messages=[{"role": "user", "content": content}],
+            extra_body={"temperature": 0},
+        )
+    expected = oracle.greedy([{"role": "user", "content": "What is in this?", "images": [RED]}], 12)
+    assert message.content[0].text == expected.text
+    assert message.usage.output_tokens == len(expected.tokens) == 12
+    assert message.usage.input_tokens == expected.prompt_tokens

@@ -83,6 +83,7 @@ class StopMatcher:
         self._longest = max((len(s) for s in self._stops), default=0)
         self._pending = ""
         self.stopped = False
+        self.matched = ""  # the stop string that was found
 
     def feed(self, text: str) -> str:
         """Add decoded text; return what is safe to emit now."""
@@ -91,9 +92,11 @@ class StopMatcher:
         if not self._stops:
             return text
         self._pending += text
-        first = min((i for i in (self._pending.find(s) for s in self._stops) if i >= 0), default=-1)
+        found = [(i, s) for s in self._stops if (i := self._pending.find(s)) >= 0]
+        first = min(found)[0] if found else -1
         if first >= 0:
             self.stopped = True
+            self.matched = min(found)[1]
             out, self._pending = self._pending[:first], ""
             return out
         keep = self._held_suffix_length()

@@ -108,6 +108,7 @@ class Sequence:
                 prompt_eval_count=len(self.prompt),
                 prompt_eval_duration=first - self.started,
                 cached_count=self.reused,
+                stop_sequence=self.stops.matched,
                 eval_count=len(self.generated),
                 eval_duration=finished - first,
                 context=[*self.prompt, *self.generated] if self.request.return_context else None,

@@ -53,6 +53,7 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")
 constants.DOWNLOAD_CHUNK_SIZE = 256 << 10
 # One INFO line per HTTP request is noise in the server log.
 logging.getLogger("httpx2").setLevel(logging.WARNING)
+log = logging.getLogger("ollmlx.hub")
 
 
 class Cancelled(Exception):
@@ -81,6 +82,37 @@ class Plan:
 
 def is_offline() -> bool:
     return constants.is_offline_mode()
+
+
+SEARCH_AUTHOR = "mlx-community"  # where MLX conversions of the popular models live
+SEARCH_LIMIT = 5
+
+
+def _search_terms(model: str) -> list[str]:
+    """The name as typed, and with a hyphen where letters meet digits: Ollama writes
+    "gemma4" and "llama3.2" where the hub writes "gemma-4" and "Llama-3.2"."""
+    hyphenated = re.sub(r"(?<=[a-z])(?=\d)", "-", model.lower())
+    return [model] if hyphenated == model.lower() else [model, hyphenated]
+
+
+def search_candidates(model: str, tag: str) -> list[str]:
+    """MLX repos a name the alias table does not know may mean, most downloaded first
+    (those naming the tag, e.g. "27b", before the others); [] offline or on any error."""
+    if is_offline():
+        return []
+    found: list[str] = []
+    for term in _search_terms(model):
+        try:
+            listed = HfApi().list_models(
+                author=SEARCH_AUTHOR, search=term, sort="downloads", limit=20
+            )
+            found += [m.id for m in listed if m.id not in found]
+        except Exception as exc:  # a suggestion is a nicety: the 404 stands without it
+            log.debug("hub search for %r failed: %s", term, exc)
+    wanted = tag.lower()
+    if wanted and wanted != "latest":
+        found.sort(key=lambda repo: wanted not in repo.lower())  # stable: downloads within
+    return found[:SEARCH_LIMIT]
 
 
 def sha256_file(path: Path) -> str:

@@ -18,10 +18,10 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from ..errors import StatusError
-from ..store.aliases import HubRef, resolve
+from ..store.aliases import HubRef, alias_table, resolve
 from ..store.catalog import Manifest, Store, StoredModel
 from ..store.modelinfo import describe
-from ..store.names import parse_name
+from ..store.names import DEFAULT_HOST, DEFAULT_NAMESPACE, ModelName, parse_name
 from . import hub
 from .hub import Plan, RemoteFile
 
@@ -102,6 +102,27 @@ def _throttled(
     return sink
 
 
+async def _not_found(name: ModelName, error: StatusError) -> StatusError:
+    """A short name the alias table does not know: the 404 names the mlx-community repos
+    the hub finds for it ("did you mean ..."), which pull by their own names."""
+    unknown = (
+        name.host == DEFAULT_HOST
+        and name.namespace == DEFAULT_NAMESPACE
+        and name.model.lower() not in alias_table()
+    )
+    candidates = (
+        await asyncio.to_thread(hub.search_candidates, name.model, name.tag) if unknown else []
+    )
+    if not candidates:
+        return StatusError(str(error), 404)
+    return StatusError(
+        f"pull model manifest: file does not exist: {name.model!r} is not a known model "
+        f"name; did you mean {', '.join(candidates)}? Pull one by its name, e.g. "
+        f"ollmlx pull {candidates[0]}",
+        404,
+    )
+
+
 class Puller:
     def __init__(self, store: Store) -> None:
         self.store = store
@@ -113,7 +134,7 @@ class Puller:
         try:
             ref = resolve(name)
         except StatusError as exc:
-            raise StatusError(str(exc), 404) from None
+            raise await _not_found(name, exc) from None
         yield Progress("pulling manifest")
         job = self._job(ref)
         async for event in job.follow():

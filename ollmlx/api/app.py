@@ -65,8 +65,13 @@ async def errors_middleware(
         return error_for(request, 400, str(exc))
     except RecursionError:
         return error_for(request, 400, "invalid JSON: nested too deeply")
+    except web.HTTPNotFound:
+        # An unknown route (e.g. /api/push): JSON in the path's dialect, with gin's wording.
+        return error_for(request, 404, "404 page not found")
+    except web.HTTPMethodNotAllowed:
+        return error_for(request, 405, "405 method not allowed")
     except web.HTTPException:
-        raise  # aiohttp's own answers (404, 405, 413) keep their status
+        raise  # aiohttp's other answers (413) keep their status
     except asyncio.CancelledError:
         raise
     except Exception as exc:
@@ -75,7 +80,7 @@ async def errors_middleware(
 
 
 def create_app(settings: Settings) -> web.Application:
-    from . import embed, models, native, openai, pull, responses
+    from . import anthropic, embed, models, native, openai, pull, responses
     from .guards import add_cors_headers, make_guards
 
     app = web.Application(
@@ -116,6 +121,7 @@ def create_app(settings: Settings) -> web.Application:
     models.add_routes(app.router)
     openai.add_routes(app.router)
     responses.add_routes(app.router)
+    anthropic.add_routes(app.router)
     embed.add_routes(app.router)
     pull.setup(app)
     return app

@@ -6,6 +6,7 @@ worker's request; the /v1 dialects translate into Ollama's request and come here
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,10 +15,12 @@ from ..formats import check_format
 from ..options import resolve_sampling
 from ..protocol import CompletionRequest, Message, Sampling
 from ..store.catalog import StoredModel
-from ..store.modelinfo import capabilities
+from ..store.modelinfo import capabilities, chat_template, read_config
 from .context import Context, find_model, parse_keep_alive
 from .generation import memory_estimate
 from .schemas import ChatRequest, GenerateRequest
+
+log = logging.getLogger("ollmlx.api")
 
 
 def check_request_format(fmt: Any) -> Any:
@@ -33,23 +36,59 @@ def check_images(name: str, stored: StoredModel, images: list[str] | None) -> No
         raise StatusError(f'"{name}" does not support images', 400)
 
 
-def check_think(name: str, stored: StoredModel, think: bool | str | None) -> None:
+THINK_LEVELS = ("high", "medium", "low", "max")
+
+
+def check_think(name: str, stored: StoredModel, think: bool | str | None) -> bool | str | None:
+    """Ollama's think checks (api/types.go ThinkValue), and the value the template gets.
+
+    A level is accepted by every thinking model, as Ollama does since it dropped the
+    template check (#14625): templates that take `reasoning_effort` get the level ("max"
+    as "high", their top level, as Ollama does for harmony), the others `think: true`.
+    """
     if think in (None, False):
-        return
-    if isinstance(think, str) and think not in ("low", "medium", "high"):
+        return think
+    if isinstance(think, str) and think not in THINK_LEVELS:
         raise StatusError(
-            f'invalid think value: "{think}" (must be "high", "medium", "low", true, or false)', 400
+            f'invalid think value: "{think}" (must be "high", "medium", "low", "max", true, '
+            "or false)",
+            400,
         )
     if "thinking" not in capabilities(stored.model_dir, stored.manifest.template):
         raise StatusError(f'"{name}" does not support thinking', 400)
-    if isinstance(think, str) and "reasoning_effort" not in _template_text(stored):
-        raise StatusError(f'think value "{think}" is not supported for this model', 400)
+    if isinstance(think, str):
+        if "reasoning_effort" not in _template_text(stored):
+            return True
+        return "high" if think == "max" else think
+    return think
 
 
 def _template_text(stored: StoredModel) -> str:
-    from ..store.modelinfo import chat_template
-
     return stored.manifest.template or chat_template(stored.model_dir)
+
+
+def trained_context(stored: StoredModel) -> int:
+    """The context length the model was trained for, from its config (0: unknown)."""
+    config = read_config(stored.model_dir)
+    text = config.get("text_config")
+    for source in (config, text if isinstance(text, dict) else {}):
+        for key in ("max_position_embeddings", "max_sequence_length", "n_positions"):
+            value = source.get(key)
+            if isinstance(value, int) and value > 0:
+                return value
+    return 0
+
+
+def model_sampling(ctx: Context, stored: StoredModel, options: dict[str, Any] | None) -> Sampling:
+    """Options resolved for this model: capped at its trained context, and an automatic
+    num_ctx lowered until its KV cache fits in the memory budget."""
+    budget = ctx.settings.memory_budget
+
+    def fits(num_ctx: int) -> bool:
+        return not budget or memory_estimate(stored, num_ctx) <= budget
+
+    params = stored.manifest.parameters
+    return resolve_sampling(ctx.settings, params, options, trained_context(stored), fits)
 
 
 @dataclass
@@ -60,25 +99,36 @@ class Checked:
     keep_alive: float | None
     format: Any
     sampling: Sampling
+    think: bool | str | None = None  # the value for the template (see check_think)
 
 
 def check_common(
-    ctx: Context, req: GenerateRequest | ChatRequest, images: list[str] | None
+    ctx: Context,
+    req: GenerateRequest | ChatRequest,
+    images: list[str] | None,
+    relax_thinking: bool = False,
 ) -> Checked:
     if not 0 <= req.top_logprobs <= 20:
         raise StatusError("top_logprobs must be between 0 and 20", 400)
     stored = find_model(ctx, req.model)
     keep_alive = parse_keep_alive(req.keep_alive)
-    if "completion" not in capabilities(stored.model_dir, stored.manifest.template):
+    caps = capabilities(stored.model_dir, stored.manifest.template)
+    if "completion" not in caps:
         verb = "chat" if isinstance(req, ChatRequest) else "generate"
         raise StatusError(f'"{req.model}" does not support {verb}', 400)  # embedding-only
-    check_think(req.model, stored, req.think)
+    requested = req.think
+    if relax_thinking and requested not in (None, False) and "thinking" not in caps:
+        # Ollama's relax_thinking (server/routes.go ChatHandler), set for Anthropic clients.
+        log.warning("model %s does not support thinking, relaxing thinking to nil", req.model)
+        requested = None
+    think = check_think(req.model, stored, requested)
     check_images(req.model, stored, images)
     return Checked(
         stored,
         keep_alive,
         check_request_format(req.format),
-        resolve_sampling(ctx.settings, stored.manifest.parameters, req.options),
+        model_sampling(ctx, stored, req.options),
+        think,
     )
 
 
@@ -106,13 +156,13 @@ def generate_completion(req: GenerateRequest, checked: Checked) -> CompletionReq
         format=checked.format,
         logprobs=req.logprobs,
         top_logprobs=req.top_logprobs,
-        think=req.think,
+        think=checked.think,
     )
 
 
-def check_chat(ctx: Context, req: ChatRequest) -> Checked:
+def check_chat(ctx: Context, req: ChatRequest, relax_thinking: bool = False) -> Checked:
     images = [image for m in req.messages for image in (m.images or [])]
-    checked = check_common(ctx, req, images)
+    checked = check_common(ctx, req, images, relax_thinking)
     stored = checked.stored
     if req.tools and "tools" not in capabilities(stored.model_dir, stored.manifest.template):
         raise StatusError(f'"{req.model}" does not support tools', 400)
@@ -129,7 +179,7 @@ def chat_completion(req: ChatRequest, checked: Checked) -> CompletionRequest:
         logprobs=req.logprobs,
         top_logprobs=req.top_logprobs,
         tools=req.tools,
-        think=req.think,
+        think=checked.think,
     )
 
 
@@ -151,4 +201,5 @@ async def load_or_unload(
         await ctx.scheduler.unload(stored.name.display)
         return "unload"
     await ctx.scheduler.load(stored, keep_alive, memory_estimate(stored, num_ctx))
+    ctx.num_ctx[stored.name.display] = num_ctx
     return "load"

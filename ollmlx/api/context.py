@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +32,8 @@ class Context:
     session: aiohttp.ClientSession
     inflight: int = 0
     idle: asyncio.Event = field(default_factory=asyncio.Event)
+    # The num_ctx of each model's latest request: the context /api/ps shows in use.
+    num_ctx: dict[str, int] = field(default_factory=dict)
 
 
 CONTEXT = web.AppKey("context", Context)
@@ -42,6 +45,19 @@ def error_response(status: int, message: str) -> web.Response:
 
 # OpenAI's error types by status, as Ollama's openai.NewError picks them.
 OPENAI_ERROR_TYPES = {400: "invalid_request_error", 404: "not_found_error"}
+# Anthropic's error types by status, as Ollama's anthropic.NewError picks them (plus 413,
+# Anthropic's request_too_large). A full queue (503) answers Anthropic's 529 "overloaded".
+ANTHROPIC_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    503: "overloaded_error",
+    529: "overloaded_error",
+}
+ANTHROPIC_STATUS = {503: 529}
 
 
 def openai_error_body(status: int, message: str) -> dict[str, dict[str, str | None]]:
@@ -49,9 +65,30 @@ def openai_error_body(status: int, message: str) -> dict[str, dict[str, str | No
     return {"error": {"message": message, "type": kind, "param": None, "code": None}}
 
 
+def anthropic_error_body(status: int, message: str) -> dict[str, Any]:
+    kind = ANTHROPIC_ERROR_TYPES.get(status, "api_error")
+    return {
+        "type": "error",
+        "error": {"type": kind, "message": message},
+        "request_id": f"req_{secrets.token_hex(12)}",
+    }
+
+
+def dialect_of(path: str) -> str:
+    """Which API a path belongs to: "anthropic" (/v1/messages), "openai" (/v1) or "ollama"."""
+    if path == "/v1/messages" or path.startswith("/v1/messages/"):
+        return "anthropic"
+    return "openai" if path.startswith("/v1/") else "ollama"
+
+
 def error_for(request: web.Request, status: int, message: str) -> web.Response:
-    """Each dialect's error shape: /v1 routes get OpenAI's, the others Ollama's."""
-    if request.path.startswith("/v1/"):
+    """The one place errors take each dialect's shape: Anthropic's on /v1/messages,
+    OpenAI's on the other /v1 routes, Ollama's `{"error": ...}` everywhere else."""
+    dialect = dialect_of(request.path)
+    if dialect == "anthropic":
+        body = anthropic_error_body(status, message)
+        return web.json_response(body, status=ANTHROPIC_STATUS.get(status, status))
+    if dialect == "openai":
         return web.json_response(openai_error_body(status, message), status=status)
     return error_response(status, message)
 

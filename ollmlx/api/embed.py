@@ -18,10 +18,10 @@ import msgspec
 from aiohttp import web
 
 from ..errors import StatusError
-from ..options import resolve_sampling
 from ..protocol import EmbedRequest, EmbedResponse
 from ..store.catalog import StoredModel
 from ..store.modelinfo import estimate_memory
+from .completion import model_sampling
 from .context import CONTEXT, Context, find_model, parse_keep_alive, read_body
 
 log = logging.getLogger("ollmlx.api")
@@ -97,7 +97,8 @@ async def _embed(
     dimensions: int = 0,
 ) -> tuple[EmbedResponse | None, int]:
     """Lease the worker and embed; None when there is nothing to embed (a load only)."""
-    sampling = resolve_sampling(ctx.settings, stored.manifest.parameters, options)
+    # As for generation: the default context capped at the model's and fitted to memory.
+    sampling = model_sampling(ctx, stored, options)
     estimate = estimate_memory(stored.model_dir, stored.manifest.size, sampling.num_ctx)
     request = EmbedRequest(
         inputs=inputs,

@@ -62,6 +62,7 @@ async def run_completion(
     async with contextlib.AsyncExitStack() as stack:
         for attempt in range(RESENDS + 1):
             lease = await stack.enter_async_context(ctx.scheduler.use(stored, keep_alive, estimate))
+            ctx.num_ctx[stored.name.display] = completion.sampling.num_ctx
             events = aiter(lease.worker.stream(completion))
             try:
                 event = await anext(events)

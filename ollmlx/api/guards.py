@@ -13,6 +13,7 @@ import socket
 from aiohttp import web
 
 from ..config import Settings
+from .context import error_for
 
 DEFAULT_ORIGINS = (
     "http://localhost",
@@ -83,25 +84,23 @@ def make_guards(settings: Settings) -> list[web.middleware]:
     @web.middleware
     async def guard(request: web.Request, handler: web.RequestHandler) -> web.StreamResponse:
         if check_host and not host_allowed(request.headers.get("Host", "")):
-            return web.json_response({"error": "forbidden host"}, status=403)
+            return error_for(request, 403, "forbidden host")
         origin = request.headers.get("Origin")
         allowed = origin is not None and origin_allowed(origin, settings.origins)
         if request.method == "OPTIONS" and origin is not None:
             if not allowed:
-                return web.json_response({"error": "origin not allowed"}, status=403)
+                return error_for(request, 403, "origin not allowed")
             return web.Response(status=204, headers=_cors_headers(origin, preflight=True))
         if allowed and origin is not None:
             # Set before the handler prepares a streaming response.
             request["cors_origin"] = origin
         if origin is not None and not allowed:
-            return web.json_response({"error": "origin not allowed"}, status=403)
+            return error_for(request, 403, "origin not allowed")
         try:
             return await handler(request)
         except web.HTTPRequestEntityTooLarge:
-            return web.json_response(
-                {"error": f"request body too large (limit {settings.max_body_bytes} bytes)"},
-                status=413,
-            )
+            limit = settings.max_body_bytes
+            return error_for(request, 413, f"request body too large (limit {limit} bytes)")
 
     return [guard]
 

@@ -28,6 +28,7 @@ from ..store.modelinfo import (
     read_config,
 )
 from ..store.names import parse_name
+from .completion import model_sampling
 from .context import CONTEXT, Context, read_body
 from .progress import PULLER, stream_progress
 from .schemas import (
@@ -84,6 +85,8 @@ async def ps(request: web.Request) -> web.Response:
     now = datetime.now(timezone.utc).astimezone()
     running = []
     for ref in ctx.scheduler.loaded():
+        name = ref.model.name.display
+        num_ctx = ctx.num_ctx.get(name) or model_sampling(ctx, ref.model, None).num_ctx
         expires = (
             now + FOREVER
             if math.isinf(ref.expires_at)
@@ -97,8 +100,10 @@ async def ps(request: web.Request) -> web.Response:
                 digest=ref.model.digest,
                 details=ref.model.manifest.details,
                 expires_at=expires,
-                size_vram=ref.memory_bytes,  # unified memory: all of it is the GPU's
-                context_length=ctx.settings.context_length,
+                # Metal's unified memory or CUDA: all of it is the GPU's; MLX on the CPU: none
+                # (`ollama ps` then says 100% CPU).
+                size_vram=0 if ctx.settings.backend == "cpu" else ref.memory_bytes,
+                context_length=num_ctx,
             )
         )
     return _json({"models": running})
@@ -149,7 +154,7 @@ async def show(request: web.Request) -> web.Response:
                 manifest.license,
             ),
             details=manifest.details,
-            model_info={**model_info(stored.model_dir), **_source_info(manifest)},
+            model_info={**model_info(stored.model_dir), **_source_info(manifest), **manifest.info},
             modified_at=stored.modified_at.astimezone(),
             capabilities=capabilities(stored.model_dir, manifest.template),
             parameters=format_parameters(manifest.parameters),

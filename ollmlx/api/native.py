@@ -10,6 +10,7 @@ from typing import Any
 from aiohttp import web
 
 from .. import __version__
+from ..config import OLLAMA_API_VERSION
 from ..protocol import (
     DoneEvent,
     StreamAs,
@@ -76,7 +77,15 @@ async def root(request: web.Request) -> web.Response:
 
 
 async def version(request: web.Request) -> web.Response:
-    return web.json_response({"version": __version__})
+    # Clients compare `version` with Ollama's releases; ollmlx's own is a field of its own.
+    return web.json_response({"version": OLLAMA_API_VERSION, "ollmlx_version": __version__})
+
+
+async def status(request: web.Request) -> web.Response:
+    """Ollama's /api/status (server/routes.go StatusHandler): ollmlx has no cloud at all,
+    so it is always disabled; "both" when OLLAMA_NO_CLOUD says so as well."""
+    source = "both" if request.app[CONTEXT].settings.no_cloud else "config"
+    return web.json_response({"cloud": {"disabled": True, "source": source}})
 
 
 async def generate(request: web.Request) -> web.StreamResponse:
@@ -150,7 +159,9 @@ def _dumps(obj: Any) -> str:
 
 
 def add_routes(router: web.UrlDispatcher) -> None:
-    router.add_get("/", root)  # aiohttp answers HEAD for GET routes
+    # aiohttp answers HEAD for GET routes, as Ollama does on /, /api/version and /api/tags.
+    router.add_get("/", root)
     router.add_get("/api/version", version)
+    router.add_get("/api/status", status)
     router.add_post("/api/generate", generate)
     router.add_post("/api/chat", chat)

@@ -27,7 +27,18 @@ from .openai_schemas import (
 from .schemas import ChatRequest, GenerateRequest
 
 _IMAGE_TYPES = ("jpeg", "jpg", "png", "webp")
-EFFORTS = ("high", "medium", "low", "none")
+# OpenAI's reasoning efforts -> Ollama's think (openai/openai.go thinkFromReasoningEffort):
+# tiers past either end of Ollama's scale are clamped to the nearest one, not refused.
+EFFORTS: dict[str, bool | str] = {
+    "none": False,
+    "minimal": "low",
+    "low": "low",
+    "medium": "medium",
+    "high": "high",
+    "max": "max",
+    "xhigh": "max",
+    "ultra": "max",
+}
 
 
 def require_model(ctx: Context, name: str) -> None:
@@ -180,10 +191,11 @@ def think_value(effort: str | None) -> bool | str | None:
         return None
     if effort not in EFFORTS:
         raise StatusError(
-            f'invalid reasoning value: \'{effort}\' (must be "high", "medium", "low", or "none")',
+            f'invalid reasoning value: "{effort}" (must be "minimal", "low", "medium", '
+            '"high", "xhigh", "ultra", "max", or "none")',
             400,
         )
-    return False if effort == "none" else effort
+    return EFFORTS[effort]
 
 
 def chat_request(req: ChatCompletionRequest) -> ChatRequest:

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from .. import __version__
-from ..config import ConfigError, load_settings
+from ..config import OLLAMA_API_VERSION, ConfigError, load_settings
 from .client import Client, ClientError
 from .manage import cmd_copy, cmd_create, cmd_list, cmd_ps, cmd_rm, cmd_show, cmd_stop
 
@@ -20,7 +20,7 @@ def cmd_pull(client: Client, args: argparse.Namespace) -> None:
 def cmd_run(client: Client, args: argparse.Namespace) -> None:
     """One answer for a prompt or piped input; otherwise an interactive chat."""
     from .chat import chat
-    from .run import base_request, ensure_model, run_once, terminal_width
+    from .run import base_request, ensure_model, print_embedding, run_once, terminal_width
 
     base_request(args)  # a bad --think fails before anything else, as in Ollama
     prompt = " ".join(args.prompt)
@@ -30,7 +30,10 @@ def cmd_run(client: Client, args: argparse.Namespace) -> None:
         prompt = " ".join(text for text in (piped, prompt) if text)
         width = 0  # Ollama does not wrap piped input's answers
     interactive = not prompt and sys.stdin.isatty() and sys.stdout.isatty()
-    ensure_model(client, args.model, ask=interactive)
+    info = ensure_model(client, args.model, ask=interactive)
+    if "embedding" in info.get("capabilities", []):
+        print_embedding(client, args, prompt)  # before any chat, as `ollama run` checks it
+        return
     if interactive:
         chat(client, args, width)
     else:
@@ -54,6 +57,17 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--hidethinking", action="store_true")
     run.add_argument("--nowordwrap", action="store_true", help="don't wrap words to the terminal")
     run.add_argument("--insecure", action="store_true", help="accepted for Ollama compatibility")
+    run.add_argument(
+        "--truncate",
+        nargs="?",
+        const=True,
+        default=None,
+        type=lambda text: text.lower() not in ("false", "0"),
+        help="embedding models: truncate inputs longer than the context (default true)",
+    )
+    run.add_argument(
+        "--dimensions", type=int, default=0, help="embedding models: keep the first N values"
+    )
     for name, helptext in (
         ("list", "list models"),
         ("ls", "list models"),
@@ -110,7 +124,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"Error: {exc}", file=sys.stderr)
         sys.exit(1)
     if args.version:
-        print(f"ollmlx version is {__version__}")
+        print(f"ollmlx version is {__version__} (Ollama API {OLLAMA_API_VERSION})")
         return
     if args.command == "serve":
         from ..api.server import serve

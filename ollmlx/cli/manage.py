@@ -61,6 +61,18 @@ def cmd_list(client: Client, args: argparse.Namespace) -> None:
     print_table(rows)
 
 
+def processor(size: int, vram: int) -> str:
+    """Ollama's PROCESSOR column (cmd/cmd.go ListRunningHandler)."""
+    if vram == 0:
+        return "100% CPU"
+    if vram == size:
+        return "100% GPU"
+    if vram > size or size == 0:
+        return "Unknown"
+    cpu = int((size - vram) / size * 100 + 0.5)  # Go math.Round: halves away from zero
+    return f"{cpu}%/{100 - cpu}% CPU/GPU"
+
+
 def cmd_ps(client: Client, args: argparse.Namespace) -> None:
     models = client.request("GET", "/api/ps")["models"]
     rows = [["NAME", "ID", "SIZE", "PROCESSOR", "CONTEXT", "UNTIL"]]
@@ -70,7 +82,7 @@ def cmd_ps(client: Client, args: argparse.Namespace) -> None:
                 m["name"],
                 m["digest"][:12],
                 human_size(m["size"]),
-                "100% GPU",
+                processor(m["size"], m.get("size_vram", 0)),
                 str(m["context_length"]),
                 human_until(m["expires_at"]),
             ]

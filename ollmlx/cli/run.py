@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from .client import Client, ClientError
+from .gofmt import go_duration, go_float32_list
 from .pull_view import cmd_pull
 from .terminal import Spinner, WordWrapper
 
@@ -24,10 +25,10 @@ def _think_value(raw: str | None) -> bool | str | None:
     lowered = raw.lower()
     if lowered in ("true", "false"):
         return lowered == "true"
-    if lowered in ("low", "medium", "high"):
+    if lowered in ("low", "medium", "high", "max"):
         return lowered
     raise ClientError(
-        f'invalid value for --think: "{raw}" (must be true, false, high, medium, or low)'
+        f'invalid value for --think: "{raw}" (must be true, false, high, medium, low, or max)'
     )
 
 
@@ -44,27 +45,31 @@ def base_request(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def print_metrics(final: dict[str, Any]) -> None:
-    """Ollama's Metrics.Summary(), on stderr so that stdout holds only the answer."""
-
-    def rate(count: int, duration: int) -> float:
-        return count / (duration / 1e9) if duration else 0.0
-
+    """Ollama's Metrics.Summary() (api/types.go): Go durations, and only the lines whose
+    values are set; on stderr so that stdout holds only the answer."""
+    total, load = final.get("total_duration", 0), final.get("load_duration", 0)
     prompt_count, prompt_ns = (
         final.get("prompt_eval_count", 0),
         final.get("prompt_eval_duration", 0),
     )
     eval_count, eval_ns = final.get("eval_count", 0), final.get("eval_duration", 0)
-    lines = [
-        f"total duration:       {final.get('total_duration', 0) / 1e9:.6f}s",
-        f"load duration:        {final.get('load_duration', 0) / 1e9:.6f}s",
-        f"prompt eval count:    {prompt_count} token(s)",
-        f"prompt eval duration: {prompt_ns / 1e9:.6f}s",
-        f"prompt eval rate:     {rate(prompt_count, prompt_ns):.2f} tokens/s",
-        f"eval count:           {eval_count} token(s)",
-        f"eval duration:        {eval_ns / 1e9:.6f}s",
-        f"eval rate:            {rate(eval_count, eval_ns):.2f} tokens/s",
-    ]
-    print("\n".join(lines), file=sys.stderr, flush=True)
+    lines = []
+    if total > 0:
+        lines.append(f"total duration:       {go_duration(total)}")
+    if load > 0:
+        lines.append(f"load duration:        {go_duration(load)}")
+    if prompt_count > 0:
+        lines.append(f"prompt eval count:    {prompt_count} token(s)")
+    if prompt_ns > 0:
+        lines.append(f"prompt eval duration: {go_duration(prompt_ns)}")
+        lines.append(f"prompt eval rate:     {prompt_count / (prompt_ns / 1e9):.2f} tokens/s")
+    if eval_count > 0:
+        lines.append(f"eval count:           {eval_count} token(s)")
+    if eval_ns > 0:
+        lines.append(f"eval duration:        {go_duration(eval_ns)}")
+        lines.append(f"eval rate:            {eval_count / (eval_ns / 1e9):.2f} tokens/s")
+    if lines:
+        print("\n".join(lines), file=sys.stderr, flush=True)
 
 
 def terminal_width(args: argparse.Namespace) -> int:
@@ -79,11 +84,11 @@ def pull(client: Client, model: str) -> None:
     cmd_pull(client, argparse.Namespace(model=model, insecure=False))
 
 
-def ensure_model(client: Client, model: str, ask: bool) -> None:
-    """Pull a model the server does not have; `ask` first in a terminal, as the issue wants."""
+def ensure_model(client: Client, model: str, ask: bool) -> dict[str, Any]:
+    """The model's /api/show; a model the server does not have is pulled first (`ask`
+    first in a terminal)."""
     try:
-        client.request("POST", "/api/show", {"model": model})
-        return
+        return client.request("POST", "/api/show", {"model": model})
     except ClientError as exc:
         if exc.status != 404:
             raise
@@ -101,7 +106,20 @@ def ensure_model(client: Client, model: str, ask: bool) -> None:
         if str(exc) in ("404: Not Found", "405: Method Not Allowed"):
             raise not_found from None  # a server without /api/pull: the first error says it
         raise
-    client.request("POST", "/api/show", {"model": model})
+    return client.request("POST", "/api/show", {"model": model})
+
+
+# Ollama's thinking layout (cmd/cmd.go thinkingOutputOpeningText/ClosingText): on stdout,
+# grey and bold in a terminal (readline.ColorGrey, ColorBold, ColorDefault).
+GREY, BOLD, DEFAULT = "\x1b[38;5;245m", "\x1b[1m", "\x1b[0m"
+
+
+def thinking_opening(plain: bool) -> str:
+    return "Thinking...\n" if plain else f"{GREY}{BOLD}Thinking...\n{DEFAULT}{GREY}"
+
+
+def thinking_closing(plain: bool) -> str:
+    return "...done thinking.\n\n" if plain else f"{GREY}{BOLD}...done thinking.\n\n{DEFAULT}"
 
 
 def stream_answer(
@@ -110,27 +128,37 @@ def stream_answer(
     request: dict[str, Any],
     out: WordWrapper,
     show_thinking: bool,
+    plain: bool = False,
 ) -> Iterator[dict[str, Any]]:
-    """Print one streamed answer (a spinner until its first token); yield every chunk."""
+    """Print one streamed answer (a spinner until its first token); yield every chunk.
+
+    Thinking goes to stdout before the answer, between "Thinking..." and "...done
+    thinking.", as `ollama run` prints it; `plain` leaves out the colours.
+    """
     spinner = Spinner().start()
-    thinking = False
+    opened = closed = False
+    thought_text = ""
     parts = client.stream(path, request)
     try:
         for part in parts:
             message = part.get("message", part)
             text = message.get("content", message.get("response", "")) or ""
             thought = message.get("thinking") or ""
-            if text or thought or part.get("done"):
+            calls = message.get("tool_calls")
+            if text or (thought and show_thinking) or part.get("done"):
                 spinner.stop()
             if thought and show_thinking:
-                if not thinking:
-                    sys.stderr.write("Thinking...\n")
-                    thinking = True
-                sys.stderr.write(thought)
-                sys.stderr.flush()
-            if text and thinking:
-                sys.stderr.write("\n...done thinking.\n\n")
-                thinking = False
+                if not opened:
+                    out.write(thinking_opening(plain))
+                    opened, closed = True, False
+                thought_text += thought
+                out.write(thought)
+            if opened and not closed and (text or calls):
+                if not thought_text.endswith("\n"):
+                    out.write("\n")
+                out.write(thinking_closing(plain))
+                opened, closed = False, True
+                out.reset()
             if text:
                 out.write(text)
             yield part
@@ -139,12 +167,34 @@ def stream_answer(
         parts.close()  # closing the connection cancels the request on the server
 
 
+def print_embedding(client: Client, args: argparse.Namespace, text: str) -> None:
+    """`ollama run EMBEDDING_MODEL TEXT` (cmd/cmd.go generateEmbedding): the first vector,
+    as Go's json.Marshal writes a []float32."""
+    if not text:
+        raise ClientError(
+            f'embedding models require input text. Usage: ollmlx run {args.model} "your text here"'
+        )
+    request: dict[str, Any] = {"model": args.model, "input": text}
+    if args.keepalive:
+        request["keep_alive"] = args.keepalive
+    if args.truncate is not None:
+        request["truncate"] = args.truncate
+    if args.dimensions > 0:
+        request["dimensions"] = args.dimensions
+    embeddings = client.request("POST", "/api/embed", request).get("embeddings") or []
+    if not embeddings:
+        raise ClientError("no embeddings returned")
+    print(go_float32_list(embeddings[0]))
+
+
 def run_once(client: Client, args: argparse.Namespace, prompt: str, width: int) -> None:
-    """Scripts: print only the answer, streamed as it comes; thinking goes to stderr."""
+    """Scripts: print the answer (and its thinking, as Ollama lays it out) as it comes."""
     request = {**base_request(args), "prompt": prompt}
     out = WordWrapper(sys.stdout, width)
     final: dict[str, Any] = {}
-    for part in stream_answer(client, "/api/generate", request, out, not args.hidethinking):
+    plain = not sys.stdout.isatty()  # Ollama's generate: colours only in a terminal
+    show = not args.hidethinking
+    for part in stream_answer(client, "/api/generate", request, out, show, plain):
         final = part
     if prompt:
         print("\n")

@@ -24,7 +24,7 @@ import msgspec
 
 from ..protocol import Message
 from .files import open_regular
-from .modelinfo import Details
+from .modelinfo import Details, describe
 from .names import ModelName, parse_name
 
 
@@ -41,6 +41,8 @@ class Manifest(msgspec.Struct, omit_defaults=True):
     messages: list[Message] = msgspec.field(default_factory=list)
     details: Details = msgspec.field(default_factory=Details)
     size: int = 0
+    # Facts shown in /api/show's model_info, e.g. how a fine-tuned model was trained.
+    info: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -178,6 +180,33 @@ class Store:
         stored = self._load(name, path)
         assert stored is not None
         return stored
+
+    def install_derived(
+        self,
+        name: str,
+        base: StoredModel,
+        *,
+        weights: Path | None = None,
+        adapter: Path | None = None,
+        info: Mapping[str, Any] | None = None,
+    ) -> StoredModel:
+        """A new model `name` made from `base` (a fine-tune): `weights` replaces the base's
+        weights (a full or fused model directory), or `adapter` (an mlx-lm adapter
+        directory) is put on top of them; template, system, parameters, messages and
+        license carry over; `info` is shown in /api/show. Atomic like every install."""
+        fields = {f: getattr(base.manifest, f) for f in base.manifest.__struct_fields__}
+        manifest = Manifest(**fields)
+        manifest.source = base.name.display
+        manifest.repo = manifest.revision = ""
+        if weights is not None:
+            manifest.weights, manifest.size = self.install_weights(weights)
+            manifest.adapter = None
+            manifest.details = describe(weights)
+            manifest.details.parent_model = base.name.display
+        if adapter is not None:
+            manifest.adapter, _ = self.install_weights(adapter)
+        manifest.info = {**manifest.info, **(info or {})}
+        return self.write(name, manifest)
 
     def copy(self, source: str, destination: str) -> StoredModel | None:
         stored = self.get(source)

@@ -1,0 +1,42 @@
+"""Store.install_derived: a fine-tuned model made from a base, as training installs it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ollmlx.store.catalog import Store
+
+
+def test_an_adapter_goes_on_top_of_the_base_and_facts_show(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    store = Store(tmp_path / "models")
+    digest, size = store.install_weights(tiny_model_dir)
+    from ollmlx.store.catalog import Manifest
+
+    base = store.write("base", Manifest(weights=digest, size=size, system="be nice"))
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text("{}")
+    (adapter / "adapters.safetensors").write_bytes(b"x")
+    derived = store.install_derived(
+        "tuned", base, adapter=adapter, info={"training.final_train_loss": 0.5}
+    )
+    assert derived.model_dir == base.model_dir  # the base's weights, not a copy
+    assert derived.adapter_dir is not None
+    assert (derived.adapter_dir / "adapter_config.json").read_text() == "{}"
+    assert derived.manifest.system == "be nice"
+    assert derived.manifest.info == {"training.final_train_loss": 0.5}
+    assert derived.manifest.source == "base:latest"
+
+
+def test_fused_weights_replace_the_base(tmp_path: Path, tiny_model_dir: Path) -> None:
+    from ollmlx.store.catalog import Manifest
+
+    store = Store(tmp_path / "models")
+    digest, size = store.install_weights(tiny_model_dir)
+    base = store.write("base", Manifest(weights=digest, size=size))
+    derived = store.install_derived("fused", base, weights=tiny_model_dir)
+    assert derived.adapter_dir is None
+    assert derived.manifest.details.parent_model == "base:latest"
+    assert store.get("base") is not None

@@ -30,6 +30,9 @@ DEFAULT_ALIGNMENT = 32
 MAX_STRING_LENGTH = 16 << 20
 MAX_ARRAY_LENGTH = 64 << 20
 MAX_TENSOR_DIMS = 4
+# Far above any real file (the largest MoE files hold ~100k tensors), far below a hostile count.
+MAX_TENSORS = 1 << 22
+MAX_METADATA = 1 << 22
 
 # ggml tensor types: id -> (name, elements per block, bytes per block).
 # From gguf-py constants.py GGML_QUANT_SIZES (ggml.h's ggml_type); ids 4, 5, 31-33, 36-38
@@ -271,7 +274,7 @@ class _Reader:
             raise GGUFError(f"invalid GGUF file: {what} {n} exceeds the maximum {cap}")
         if n * item_size > self.left:
             raise GGUFError(
-                f"invalid GGUF file: {what} {n} needs {n * item_size} bytes, {self.left} left"
+                f"truncated GGUF file: {what} {n} needs {n * item_size} bytes, {self.left} left"
             )
         return n
 
@@ -357,8 +360,8 @@ def _parse(f: BinaryIO, size: int, array_limit: int | None, path: str) -> GGUFHe
     if version not in (2, 3):
         # A big-endian file reads its version byte-swapped (e.g. 0x03000000).
         raise GGUFError(f"unsupported GGUF version {version} (big-endian files are not supported)")
-    n_tensors = r.length("tensor count", r.left // _MIN_TENSOR_INFO)
-    n_kv = r.length("metadata count", r.left // _MIN_KV)
+    n_tensors = r.length("tensor count", MAX_TENSORS, _MIN_TENSOR_INFO)
+    n_kv = r.length("metadata count", MAX_METADATA, _MIN_KV)
 
     metadata: dict[str, Any] = {}
     for i in range(n_kv):

@@ -21,12 +21,25 @@ import mlx.core as mx
 import numpy as np
 from gguf import GGMLQuantizationType as Q
 
-ARCH = {"llama": "llama", "qwen2": "qwen2", "gemma3_text": "gemma3"}
+# HF model type -> GGUF architecture.
+ARCH = {
+    "llama": "llama",
+    "qwen2": "qwen2",
+    "qwen3": "qwen3",
+    "gemma2": "gemma2",
+    "gemma3_text": "gemma3",
+    "phi3": "phi3",
+}
 _MODEL_ARCH = {
     "llama": gguf.MODEL_ARCH.LLAMA,
     "qwen2": gguf.MODEL_ARCH.QWEN2,
+    "qwen3": gguf.MODEL_ARCH.QWEN3,
+    "gemma2": gguf.MODEL_ARCH.GEMMA2,
     "gemma3": gguf.MODEL_ARCH.GEMMA3,
+    "phi3": gguf.MODEL_ARCH.PHI3,
 }
+# Gemma*RMSNorm computes with 1 + w; llama.cpp stores w + 1 (GemmaModel.modify_tensors).
+NORM_SHIFTED = frozenset({"gemma2", "gemma3"})
 # llama.cpp's LlamaFileType for each whole-file type (gguf-py constants.py).
 _FILE_TYPE = {
     Q.F32: gguf.LlamaFileType.ALL_F32,
@@ -112,7 +125,7 @@ def encode(x: np.ndarray, qtype: Q) -> np.ndarray:
 # --- Whole models --------------------------------------------------------------------------
 
 
-def _tokenizer_kv(writer: gguf.GGUFWriter, model_dir: Path) -> None:
+def _tokenizer_kv(writer: gguf.GGUFWriter, model_dir: Path, chat_template: bool) -> None:
     """What convert_hf_to_gguf.py `_set_vocab_gpt2` + gguf.SpecialVocab write."""
     tok = json.loads((model_dir / "tokenizer.json").read_text())
     cfg = json.loads((model_dir / "tokenizer_config.json").read_text())
@@ -142,7 +155,7 @@ def _tokenizer_kv(writer: gguf.GGUFWriter, model_dir: Path) -> None:
             add(vocab[cfg[key]])
     writer.add_add_bos_token(bool(cfg.get("add_bos_token", False)))
     writer.add_add_eos_token(bool(cfg.get("add_eos_token", False)))
-    if cfg.get("chat_template"):
+    if chat_template and cfg.get("chat_template"):
         writer.add_chat_template(cfg["chat_template"])
 
 
@@ -157,10 +170,16 @@ def _hparams_kv(writer: gguf.GGUFWriter, arch: str, config: dict[str, Any]) -> N
     writer.add_head_count_kv(config.get("num_key_value_heads", heads))
     writer.add_layer_norm_rms_eps(config["rms_norm_eps"])
     writer.add_rope_freq_base(config.get("rope_theta", 10000.0))
-    if arch == "llama":
+    if arch in ("llama", "phi3"):
         head_dim = config["hidden_size"] // heads
         writer.add_vocab_size(config["vocab_size"])
         writer.add_rope_dimension_count(head_dim)
+    if arch == "phi3":  # Phi3MiniModel.set_gguf_parameters
+        writer.add_rope_scaling_orig_ctx_len(config["original_max_position_embeddings"])
+    if arch == "gemma2":  # Gemma2Model.set_gguf_parameters
+        writer.add_attn_logit_softcapping(config["attn_logit_softcapping"])
+        writer.add_final_logit_softcapping(config["final_logit_softcapping"])
+        writer.add_sliding_window(config["sliding_window"])
     if "head_dim" in config:
         writer.add_key_length(config["head_dim"])
         writer.add_value_length(config["head_dim"])
@@ -172,6 +191,41 @@ def _hparams_kv(writer: gguf.GGUFWriter, arch: str, config: dict[str, Any]) -> N
         writer.add_array(
             "gemma3.attention.sliding_window_pattern", [(i + 1) % n != 0 for i in range(layers)]
         )
+
+
+def llama3_rope_factors(config: dict[str, Any]) -> np.ndarray:
+    """convert_hf_to_gguf.py LlamaModel.generate_extra_tensors: the rope_freqs.weight divisors."""
+    scaling = config["rope_scaling"]
+    dims = config["hidden_size"] // config["num_attention_heads"]
+    base = config.get("rope_theta", 10000.0)
+    factor, old = scaling["factor"], scaling["original_max_position_embeddings"]
+    low, high = scaling["low_freq_factor"], scaling["high_freq_factor"]
+    freqs = 1.0 / (base ** (np.arange(0, dims, 2, dtype=np.float32) / dims))
+    out = []
+    for freq in freqs:
+        wavelen = 2 * np.pi / freq
+        if wavelen < old / high:
+            out.append(1.0)
+        elif wavelen > old / low:
+            out.append(factor)
+        else:
+            smooth = (old / wavelen - low) / (high - low)
+            out.append(1 / ((1 - smooth) / factor + smooth))
+    return np.array(out, dtype=np.float32)
+
+
+def gguf_to_hf_names(model_dir: Path) -> dict[str, str]:
+    """GGUF tensor name -> the source model's weight name (gguf-py's TensorNameMap)."""
+    config = json.loads((model_dir / "config.json").read_text())
+    arch = ARCH[config["model_type"]]
+    name_map = gguf.get_tensor_name_map(_MODEL_ARCH[arch], config["num_hidden_layers"])
+    names = {}
+    for path in sorted(model_dir.glob("model*.safetensors")):
+        for hf_name in mx.load(str(path)):
+            gguf_name = name_map.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+            assert gguf_name is not None, hf_name
+            names[gguf_name] = hf_name
+    return names
 
 
 def _tensors(model_dir: Path, arch: str, config: dict[str, Any]) -> list[tuple[str, np.ndarray]]:
@@ -190,11 +244,13 @@ def _tensors(model_dir: Path, arch: str, config: dict[str, Any]) -> list[tuple[s
             data = llama_permute(data, heads)
         elif arch == "llama" and hf_name.endswith("k_proj.weight"):
             data = llama_permute(data, kv_heads)
-        if arch == "gemma3" and hf_name.endswith("norm.weight"):
+        if arch in NORM_SHIFTED and hf_name.endswith("norm.weight"):
             data = data + 1
         name = name_map.get_name(hf_name, try_suffixes=(".weight", ".bias"))
         assert name is not None, hf_name
         out.append((name, data))
+    if (config.get("rope_scaling") or {}).get("rope_type") == "llama3":
+        out.append(("rope_freqs.weight", llama3_rope_factors(config)))
     return out
 
 
@@ -216,9 +272,7 @@ def write_gguf(
     writer.add_name(model_dir.name)
     writer.add_file_type(_FILE_TYPE[qtype])
     _hparams_kv(writer, arch, config)
-    _tokenizer_kv(writer, model_dir)
-    if not chat_template:
-        writer.fields.pop(gguf.Keys.Tokenizer.CHAT_TEMPLATE, None)
+    _tokenizer_kv(writer, model_dir, chat_template)
     for name, data in _tensors(model_dir, arch, config):
         # convert_hf_to_gguf.py prepare_tensors: 1-D tensors and norms stay F32.
         t = (overrides or {}).get(name, qtype)

@@ -128,7 +128,10 @@ def _write_json(path: Path, obj: dict) -> None:
 _HF_CLASS = {
     "llama": "LlamaForCausalLM",
     "qwen2": "Qwen2ForCausalLM",
+    "qwen3": "Qwen3ForCausalLM",
+    "gemma2": "Gemma2ForCausalLM",
     "gemma3_text": "Gemma3ForCausalLM",
+    "phi3": "Phi3ForCausalLM",
 }
 
 
@@ -138,6 +141,28 @@ def _llama_extras(hidden_size: int, num_heads: int) -> dict[str, Any]:
 
 def _qwen2_extras(hidden_size: int, num_heads: int) -> dict[str, Any]:
     return {"rope_theta": 1_000_000.0, "rms_norm_eps": 1e-6}
+
+
+def _qwen3_extras(hidden_size: int, num_heads: int) -> dict[str, Any]:
+    return {"head_dim": hidden_size // num_heads, **_qwen2_extras(hidden_size, num_heads)}
+
+
+def _gemma2_extras(hidden_size: int, num_heads: int) -> dict[str, Any]:
+    head_dim = hidden_size // num_heads
+    return {
+        "tie_word_embeddings": True,
+        "head_dim": head_dim,
+        "query_pre_attn_scalar": head_dim,
+        "rms_norm_eps": 1e-6,
+        "attn_logit_softcapping": 50.0,
+        "final_logit_softcapping": 30.0,
+        "sliding_window": 512,
+        "hidden_activation": "gelu_pytorch_tanh",
+    }
+
+
+def _phi3_extras(hidden_size: int, num_heads: int) -> dict[str, Any]:
+    return {"original_max_position_embeddings": 2048, "rope_scaling": None}
 
 
 def _gemma3_extras(hidden_size: int, num_heads: int) -> dict[str, Any]:
@@ -160,7 +185,10 @@ def _gemma3_extras(hidden_size: int, num_heads: int) -> dict[str, Any]:
 _ARCH_CONFIG: dict[str, Callable[[int, int], dict[str, Any]]] = {
     "llama": _llama_extras,
     "qwen2": _qwen2_extras,
+    "qwen3": _qwen3_extras,
+    "gemma2": _gemma2_extras,
     "gemma3_text": _gemma3_extras,
+    "phi3": _phi3_extras,
 }
 
 
@@ -176,8 +204,9 @@ def _shape_gemma_norms(model: Any) -> None:
     for layer in model.model.layers:
         noise(layer.input_layernorm)
         noise(layer.pre_feedforward_layernorm)
-        noise(layer.self_attn.q_norm)
-        noise(layer.self_attn.k_norm)
+        if hasattr(layer.self_attn, "q_norm"):  # gemma3
+            noise(layer.self_attn.q_norm)
+            noise(layer.self_attn.k_norm)
         noise(layer.post_attention_layernorm, 64.0)
         noise(layer.post_feedforward_layernorm, 64.0)
     noise(model.model.norm)
@@ -200,8 +229,9 @@ def build_tiny_model(
 ) -> Path:
     """Write a random-weight model plus tokenizer to out_dir; return out_dir.
 
-    model_type: "llama" (the default), "qwen2" (with its q/k/v biases) or "gemma3_text" (tied
-    embeddings, as Gemma always is; random norm weights) for tests of other architectures.
+    model_type: "llama" (the default), or for tests of other architectures "qwen2" (q/k/v
+    biases), "qwen3" (q/k norms), "phi3" (fused q/k/v and gate/up), "gemma2" or
+    "gemma3_text" (tied embeddings, as Gemma always is, and random norm weights).
     """
     import importlib
 
@@ -259,7 +289,7 @@ def build_tiny_model(
     else:
         head = model.lm_head.weight
         model.lm_head.weight = mx.where(keep, head * LOGIT_SCALE, mx.zeros_like(head))
-    if model_type == "gemma3_text":
+    if model_type in ("gemma2", "gemma3_text"):
         _shape_gemma_norms(model)
     model.set_dtype(getattr(mx, dtype))
     mx.eval(model.parameters())

@@ -43,7 +43,7 @@ REQUANT_BITS = {
     "Q3_K": 5,
     "Q6_K": 8,
     "IQ1_S": 4,
-    "IQ1_M": 4,
+    "IQ1_M": 5,
     "IQ2_XXS": 5,
     "IQ2_XS": 5,
     "IQ2_S": 5,

@@ -10,6 +10,7 @@ applies at tokenization (`tokenizer.ggml.add_bos_token`), and tokenizer_config.j
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from tokenizers import Tokenizer, processors
@@ -85,6 +86,7 @@ def build(architecture: str, metadata: dict[str, Any]) -> Tokenizer:
     except (ValueError, KeyError, TypeError) as exc:
         model = metadata.get("tokenizer.ggml.model")
         raise TokenizerError(f"cannot rebuild the {model!r} tokenizer: {exc}") from exc
+    tokenizer = _drop_foreign_tokens(tokenizer, tokens)
     specials = special_tokens(metadata)
     bos = specials.get("bos_token") if add_bos(metadata) else None
     eos = specials.get("eos_token") if metadata.get("tokenizer.ggml.add_eos_token") else None
@@ -102,6 +104,17 @@ def build(architecture: str, metadata: dict[str, Any]) -> Tokenizer:
     else:
         tokenizer.post_processor = None
     return tokenizer
+
+
+def _drop_foreign_tokens(tokenizer: Tokenizer, tokens: list[str]) -> Tokenizer:
+    """Remove added tokens that are not the file's own (GPT2Tokenizer adds <|endoftext|> when
+    the vocabulary lacks it): an id past the vocabulary would index past the embedding."""
+    data = json.loads(tokenizer.to_str())
+    own = [t for t in data.get("added_tokens", []) if t["id"] < len(tokens)]
+    if len(own) == len(data.get("added_tokens", [])):
+        return tokenizer
+    data["added_tokens"] = own
+    return Tokenizer.from_str(json.dumps(data))
 
 
 def tokenizer_config(

@@ -44,6 +44,7 @@ NORM_SHIFTED = frozenset({"gemma2", "gemma3"})
 _FILE_TYPE = {
     Q.F32: gguf.LlamaFileType.ALL_F32,
     Q.F16: gguf.LlamaFileType.MOSTLY_F16,
+    Q.BF16: gguf.LlamaFileType.MOSTLY_BF16,
     Q.Q8_0: gguf.LlamaFileType.MOSTLY_Q8_0,
     Q.Q4_0: gguf.LlamaFileType.MOSTLY_Q4_0,
     Q.Q4_1: gguf.LlamaFileType.MOSTLY_Q4_1,
@@ -261,10 +262,12 @@ def write_gguf(
     *,
     overrides: dict[str, Q] | None = None,
     chat_template: bool = True,
+    extra: dict[str, np.ndarray] | None = None,
 ) -> Path:
     """Write the tiny model at model_dir as a GGUF file of `qtype` (2-D weights); 1-D F32.
 
     overrides: GGUF tensor name -> a different type for that tensor.
+    extra: more tensors, written as given (e.g. a vision tower the converter must skip).
     """
     config = json.loads((model_dir / "config.json").read_text())
     arch = ARCH[config["model_type"]]
@@ -282,6 +285,8 @@ def write_gguf(
             writer.add_tensor(name, data.astype(np.float16))
         else:
             writer.add_tensor(name, encode(data, t), raw_dtype=t)
+    for name, data in (extra or {}).items():
+        writer.add_tensor(name, data)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()

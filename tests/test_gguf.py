@@ -123,6 +123,33 @@ def test_float_gguf_generates_like_the_source(tiny, tmp_path: Path, model_type, 
         )
 
 
+def test_bf16_gguf_generates_like_the_source(tiny, tmp_path: Path) -> None:
+    source = tiny("llama", "bfloat16")
+    out = convert(write_gguf(source, tmp_path / "m.gguf", Q.BF16), tmp_path / "mlx")
+    assert json.loads((out / "config.json").read_text())["torch_dtype"] == "bfloat16"
+    src_model, src_tok = mlx_lm.load(str(source))
+    model, tok = mlx_lm.load(str(out))
+    for prompt in PROMPTS:
+        assert _greedy(model, tok, prompt) == _greedy(src_model, src_tok, prompt)
+
+
+def test_a_vision_tower_is_skipped_and_the_text_model_converted(tiny, tmp_path: Path) -> None:
+    # Ollama's gemma3 files carry the vision tower and projector in the same GGUF.
+    source = tiny("gemma3_text")
+    vision = {
+        "v.patch_embd.weight": np.zeros((8, 3, 4, 4), dtype=np.float32),
+        "v.blk.0.attn_q.weight": np.zeros((8, 8), dtype=np.float16),
+        "mm.input_projection.weight": np.zeros((64, 8), dtype=np.float32),
+    }
+    path = write_gguf(source, tmp_path / "m.gguf", Q.Q8_0, extra=vision)
+    info = inspect(path)
+    assert info.has_vision and check_supported(info) is None
+    out = convert(path, tmp_path / "mlx")
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    assert not [n for n in index["weight_map"] if "patch" in n or "projection" in n]
+    mlx_lm.load(str(out))
+
+
 @pytest.mark.parametrize("qtype", [Q.Q8_0, Q.Q4_0])
 @pytest.mark.parametrize("model_type", ARCHS)
 def test_quantized_gguf_generates_like_its_dequantized_weights(
@@ -395,6 +422,30 @@ def test_tokenizer_encodes_like_the_source(tiny, tmp_path: Path, model_type: str
     assert generation["eos_token_id"] == theirs.eos_token_id
 
 
+def test_a_sentencepiece_vocabulary_rebuilds_with_byte_fallback_and_bos() -> None:
+    # llama.cpp's "llama" tokenizer (sentencepiece): <unk>, <s>, </s>, 256 byte tokens, pieces.
+    from workers.gguf_tokenizer import build
+
+    pieces = ["\u2581", "a", "b", "\u2581a", "ab", "\u2581ab"]
+    metadata = {
+        "tokenizer.ggml.model": "llama",
+        "tokenizer.ggml.tokens": ["<unk>", "<s>", "</s>"]
+        + [f"<0x{i:02X}>" for i in range(256)]
+        + pieces,
+        "tokenizer.ggml.scores": [0.0] * 259 + [-float(i) for i in range(1, 7)],
+        "tokenizer.ggml.token_type": [2, 3, 3] + [6] * 256 + [1] * 6,
+        "tokenizer.ggml.bos_token_id": 1,
+        "tokenizer.ggml.eos_token_id": 2,
+    }
+    tokenizer = build("llama", metadata)
+    encoded = tokenizer.encode("a ab é")
+    assert encoded.tokens[:3] == ["<s>", "\u2581a", "\u2581ab"]  # BOS: llama.cpp's default
+    assert encoded.tokens[-2:] == ["<0xC3>", "<0xA9>"]  # é from its UTF-8 bytes
+    assert tokenizer.decode(encoded.ids) == "a ab é"
+    no_bos = build("llama", {**metadata, "tokenizer.ggml.add_bos_token": False})
+    assert no_bos.encode("a").tokens == ["\u2581a"]
+
+
 def test_chat_template_comes_through(tiny, tmp_path: Path) -> None:
     source = tiny("qwen2")
     out = convert(write_gguf(source, tmp_path / "m.gguf"), tmp_path / "mlx")
@@ -543,6 +594,15 @@ def test_entry_point_exits_1_for_a_broken_file(tmp_path: Path) -> None:
     done = _run(str(path), str(tmp_path / "mlx"))
     assert done.returncode == 1
     assert done.stderr.strip().splitlines()[-1].startswith("error: truncated GGUF file")
+
+
+def test_inspecting_needs_neither_mlx_nor_numpy() -> None:
+    code = (
+        "import sys, ollmlx_worker.gguf; "
+        "print([m for m in ('mlx', 'numpy', 'transformers', 'gguf') if m in sys.modules])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 def test_main_in_process_reports_facts(tiny, tmp_path: Path, capsys) -> None:

@@ -99,7 +99,7 @@ def _dequantized_model(
         if t.tensor_type in (Q.F32, Q.F16):
             values = values.astype(float_dtype).astype(np.float32)
         weights.append((hf, mx.array(values)))
-    model.load_weights(weights, strict=False)
+    model.load_weights(weights)  # strict: every weight of the model comes from the GGUF
     return model, tokenizer
 
 

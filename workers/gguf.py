@@ -148,10 +148,11 @@ def convert(
         raise ConversionError(reason, unsupported=True)
     chat_template = resolve_chat_template(info, go_template)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     from .gguf_write import write_model  # MLX and numpy load here, not on import
 
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # Next to out_dir, so the final rename stays on one file system.
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
         write_model(info.header, tmp, chat_template, progress, shard_bytes)
         os.rename(tmp, out)

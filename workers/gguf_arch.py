@@ -1,4 +1,4 @@
-"""Per-architecture facts for GGUF -> MLX: tensor names, value transforms, config.json.
+"""Per-architecture facts for GGUF -> MLX: tensor names, value transforms, what is refused.
 
 Pure Python (no MLX, no numpy): what a file needs and whether it can be converted is decided
 from its header alone, before any tensor is read.
@@ -13,8 +13,7 @@ Where the facts come from:
 - Norm offsets: convert_hf_to_gguf.py `GemmaModel`/`Gemma2Model.modify_tensors` and
   `Gemma3Model.norm_shift` (Ollama's convert_gemma.go `addOne`) store every `*norm.weight`
   of gemma, gemma2 and gemma3 as w + 1; mlx-lm's Gemma RMSNorm computes with 1 + w.
-- Hyper-parameters and their defaults: llama.cpp src/llama-model.cpp `load_hparams`
-  (e.g. the Gemma 27B attention scale, gemma3's sliding-window pattern of 6).
+- config.json (hyper-parameters, their defaults): workers/gguf_config.py.
 """
 
 from __future__ import annotations

@@ -157,11 +157,6 @@ def kind_of(type_name: str) -> str:
     return "unsupported"
 
 
-def target_bits(type_name: str) -> int | None:
-    """MLX bits a quantized kind converts to; None for float kinds."""
-    return AFFINE_BITS.get(type_name) or REQUANT_BITS.get(type_name)
-
-
 def dequantize(raw: np.ndarray, type_name: str) -> np.ndarray:
     """gguf-py's dequantization of raw rows (rows, row_bytes) -> float32 (rows, row_length)."""
     raw = np.ascontiguousarray(raw)
@@ -207,6 +202,8 @@ def convert_matrix(raw: np.ndarray, type_name: str, dtype: mx.Dtype, quantize: b
     rows not a multiple of the group size, or modules that are not Linear/Embedding).
     """
     kind = kind_of(type_name)
+    if kind == "unsupported":
+        raise ValueError(f"tensor type {type_name} cannot be converted")
     if kind == "float" or not quantize:
         return to_float(raw, type_name, dtype)
     parts = []

@@ -14,7 +14,9 @@ import json
 import random
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 BEGIN, END, PAD = "<|begin|>", "<|end|>", "<pad>"
 SYSTEM, USER, ASSISTANT = "<|system|>", "<|user|>", "<|assistant|>"
@@ -123,6 +125,93 @@ def _write_json(path: Path, obj: dict) -> None:
     path.write_text(json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
 
 
+_HF_CLASS = {
+    "llama": "LlamaForCausalLM",
+    "qwen2": "Qwen2ForCausalLM",
+    "qwen3": "Qwen3ForCausalLM",
+    "gemma2": "Gemma2ForCausalLM",
+    "gemma3_text": "Gemma3ForCausalLM",
+    "phi3": "Phi3ForCausalLM",
+}
+
+
+def _llama_extras(hidden_size: int, num_heads: int) -> dict[str, Any]:
+    return {}
+
+
+def _qwen2_extras(hidden_size: int, num_heads: int) -> dict[str, Any]:
+    return {"rope_theta": 1_000_000.0, "rms_norm_eps": 1e-6}
+
+
+def _qwen3_extras(hidden_size: int, num_heads: int) -> dict[str, Any]:
+    return {"head_dim": hidden_size // num_heads, **_qwen2_extras(hidden_size, num_heads)}
+
+
+def _gemma2_extras(hidden_size: int, num_heads: int) -> dict[str, Any]:
+    head_dim = hidden_size // num_heads
+    return {
+        "tie_word_embeddings": True,
+        "head_dim": head_dim,
+        "query_pre_attn_scalar": head_dim,
+        "rms_norm_eps": 1e-6,
+        "attn_logit_softcapping": 50.0,
+        "final_logit_softcapping": 30.0,
+        "sliding_window": 512,
+        "hidden_activation": "gelu_pytorch_tanh",
+    }
+
+
+def _phi3_extras(hidden_size: int, num_heads: int) -> dict[str, Any]:
+    return {"original_max_position_embeddings": 2048, "rope_scaling": None}
+
+
+def _gemma3_extras(hidden_size: int, num_heads: int) -> dict[str, Any]:
+    head_dim = hidden_size // num_heads
+    return {
+        "tie_word_embeddings": True,
+        "head_dim": head_dim,
+        "query_pre_attn_scalar": head_dim,
+        "rms_norm_eps": 1e-6,
+        "rope_theta": 1_000_000.0,
+        "rope_local_base_freq": 10_000.0,
+        "sliding_window": 512,
+        # mlx-lm needs a global layer among the first `pattern` layers (two here).
+        "sliding_window_pattern": 2,
+        "hidden_activation": "gelu_pytorch_tanh",
+    }
+
+
+# Per model type: config keys that differ from the llama defaults above.
+_ARCH_CONFIG: dict[str, Callable[[int, int], dict[str, Any]]] = {
+    "llama": _llama_extras,
+    "qwen2": _qwen2_extras,
+    "qwen3": _qwen3_extras,
+    "gemma2": _gemma2_extras,
+    "gemma3_text": _gemma3_extras,
+    "phi3": _phi3_extras,
+}
+
+
+def _shape_gemma_norms(model: Any) -> None:
+    """Random Gemma norm weights (scaled by 1 + w, zero at init) so a wrong offset shows, and
+    large post-norms: tied embeddings otherwise dominate the residual stream and greedy
+    decoding repeats the last token forever."""
+    import mlx.core as mx
+
+    def noise(norm: Any, base: float = 0.0) -> None:
+        norm.weight = base + 0.5 * mx.random.normal(norm.weight.shape)
+
+    for layer in model.model.layers:
+        noise(layer.input_layernorm)
+        noise(layer.pre_feedforward_layernorm)
+        if hasattr(layer.self_attn, "q_norm"):  # gemma3
+            noise(layer.self_attn.q_norm)
+            noise(layer.self_attn.k_norm)
+        noise(layer.post_attention_layernorm, 64.0)
+        noise(layer.post_feedforward_layernorm, 64.0)
+    noise(model.model.norm)
+
+
 def build_tiny_model(
     out_dir: Path,
     *,
@@ -136,10 +225,17 @@ def build_tiny_model(
     seed: int = 0,
     chat_template: str | None = None,
     dtype: str = "float32",
+    model_type: str = "llama",
 ) -> Path:
-    """Write a random-weight llama model plus tokenizer to out_dir; return out_dir."""
+    """Write a random-weight model plus tokenizer to out_dir; return out_dir.
+
+    model_type: "llama" (the default), or for tests of other architectures "qwen2" (q/k/v
+    biases), "qwen3" (q/k norms), "phi3" (fused q/k/v and gate/up), "gemma2" or
+    "gemma3_text" (tied embeddings, as Gemma always is, and random norm weights).
+    """
+    import importlib
+
     import mlx.core as mx
-    from mlx_lm.models.llama import Model, ModelArgs
     from mlx_lm.utils import save_config, save_model
 
     out_dir = Path(out_dir)
@@ -147,8 +243,8 @@ def build_tiny_model(
     real_vocab = train_tokenizer(out_dir, vocab_size, chat_template, max_position_embeddings)
 
     config = {
-        "model_type": "llama",
-        "architectures": ["LlamaForCausalLM"],
+        "model_type": model_type,
+        "architectures": [_HF_CLASS[model_type]],
         "hidden_size": hidden_size,
         "num_hidden_layers": num_layers,
         "num_attention_heads": num_heads,
@@ -168,10 +264,12 @@ def build_tiny_model(
         "pad_token_id": SPECIAL_TOKENS.index(PAD),
         "torch_dtype": dtype,
     }
-    args = ModelArgs.from_dict(config)
+    config.update(_ARCH_CONFIG[model_type](hidden_size, num_heads))
+    module = importlib.import_module(f"mlx_lm.models.{model_type}")
+    args = module.ModelArgs.from_dict(config)
     # Weights are drawn from MLX's global generator while the modules are built.
     mx.random.seed(seed)
-    model = Model(args)
+    model = module.Model(args)
     # Shape the output layer so generation is clean and long (see _emittable):
     # - rows of specials (EOS included) and of tokens that are not printable UTF-8 are zeroed,
     #   so their logit is exactly 0;
@@ -181,8 +279,18 @@ def build_tiny_model(
     # So neither greedy decoding nor sampling stops early or emits control tokens or broken
     # bytes; tests that need an end use num_predict or stop strings.
     keep = mx.array(_emittable(out_dir / "tokenizer.json"))[:, None]
-    head = model.lm_head.weight
-    model.lm_head.weight = mx.where(keep, head * LOGIT_SCALE, mx.zeros_like(head))
+    if config["tie_word_embeddings"]:
+        if "lm_head" in model:  # gemma3_text builds one and drops it when the file has none
+            model.pop("lm_head")
+            model.tie_word_embeddings = True
+        # Tied: the rows are the input embeddings too (silenced tokens embed to zero).
+        embed = model.model.embed_tokens
+        embed.weight = mx.where(keep, embed.weight * LOGIT_SCALE, mx.zeros_like(embed.weight))
+    else:
+        head = model.lm_head.weight
+        model.lm_head.weight = mx.where(keep, head * LOGIT_SCALE, mx.zeros_like(head))
+    if model_type in ("gemma2", "gemma3_text"):
+        _shape_gemma_norms(model)
     model.set_dtype(getattr(mx, dtype))
     mx.eval(model.parameters())
 

@@ -4,16 +4,20 @@ The supervisor calls `estimate_memory` before spawning a job, so a job that cann
 refused at once, naming the estimate and what is available. The worker computes it again
 with the real longest sample and reports it next to the measured peak.
 
-Peak = base weights
-     + trainable state: the trained weights' gradients and Adam's two moments (for LoRA
-       also the adapter weights; all float32), plus one more copy for the update's temporaries
+Peak = base weights (the weight files' bytes)
+     + trainable state: for a full fine-tune the trained blocks' gradients and Adam's two
+       moments (3 copies, in the weights' dtype); for LoRA/DoRA the float32 adapter, its
+       gradient, both moments and the update's temporaries (5 copies)
      + activations kept for the backward pass, in the trained blocks only (frozen blocks
-       below the first trained one need none): per token and block, the inputs of each
+       below the first trained one keep none): per token and block, the inputs of each
        matmul, norm and activation (about 10*hidden + 4*intermediate values) plus the
-       attention scores and probabilities (2 * heads * seq_len values)
-     + the logits and their gradient: batch * seq_len * vocab, in float32, three times
-       (logits, log-softmax, gradient)
-The coefficients were fitted to measured peaks of llama models (see the tests).
+       attention scores and probabilities (2 * heads * seq_len values); with gradient
+       checkpointing, each trained block's input plus one and a half blocks recomputed
+     + the logits: batch * seq_len * vocab float32 values, 5 times (logits, log-softmax,
+       their gradients and the cross-entropy's temporaries)
+The coefficients were fitted to MLX's measured peak (`mx.get_peak_memory`) over LoRA and
+full fine-tunes of 8M and 30M-parameter llama models, float32 and bfloat16, batch 2 to 8,
+64 to 256 tokens (on Linux CPU): the estimate came within -4%..+13% of the peak.
 """
 
 from __future__ import annotations
@@ -32,7 +36,8 @@ PAD_TO = 32  # mlx-lm pads each batch to 1 + a multiple of 32 tokens
 HIDDEN_VALUES = 10
 INTERMEDIATE_VALUES = 4
 ATTENTION_COPIES = 2
-LOGIT_COPIES = 3
+LOGIT_COPIES = 5
+CHECKPOINTED_BLOCKS = 1.5  # blocks whose activations exist at once when recomputing
 
 
 @dataclass(frozen=True)
@@ -115,8 +120,8 @@ def estimate_memory(
     linears = _block_linears(s)
     if plan.method == "full":
         per_block = sum(n_in * n_out for n_in, n_out in linears) + 2 * s["hidden"]
-        # Gradient, Adam m and v, and the update's temporaries, in the weights' dtype.
-        trainable = 4 * per_block * plan.num_layers * b
+        # Gradient and Adam's m and v, in the weights' dtype.
+        trainable = 3 * per_block * plan.num_layers * b
     else:
         per_block = sum(plan.rank * (n_in + n_out) for n_in, n_out in linears)
         if plan.method == "dora":
@@ -130,7 +135,10 @@ def estimate_memory(
         + INTERMEDIATE_VALUES * s["intermediate"]
         + ATTENTION_COPIES * s["heads"] * length
     )
-    blocks = 1 if plan.grad_checkpoint else plan.num_layers
-    activations = tokens * per_token * blocks * b
+    if plan.grad_checkpoint:
+        kept = plan.num_layers * s["hidden"] + CHECKPOINTED_BLOCKS * per_token
+    else:
+        kept = plan.num_layers * per_token
+    activations = int(tokens * kept * b)
     logits = LOGIT_COPIES * tokens * s["vocab"] * 4
     return MemoryEstimate(weights, trainable, activations, logits)

@@ -3,10 +3,10 @@
 Stdout carries only our JSON status lines: at start its descriptor is kept privately and
 fd 1 is pointed at stderr, so whatever mlx-lm, rich or a C library prints lands on
 stderr. Cancellation (SIGTERM/SIGINT, stdin closed, parent gone) is watched from threads:
-SIGTERM and SIGINT are blocked and taken by `sigwait`, so they arrive even while the main
-thread is inside one long MLX call. A watcher only records the request; the main thread
-stops at its next check (an iteration boundary), except in phases that have nothing on
-disk half-written (loading, tokenizing): there the process exits at once.
+SIGTERM and SIGINT reach a watcher through `signal.set_wakeup_fd`, so they are seen even
+while the main thread is inside one long MLX call. A watcher only records the request;
+the main thread stops at its next check (an iteration boundary), except in phases that
+have nothing on disk half-written (loading, tokenizing): there the process exits at once.
 """
 
 from __future__ import annotations
@@ -75,14 +75,22 @@ class Control:
         return self._event.is_set() or self._status.broken
 
     def watch(self, parent_pid: int, stdin: bool = True) -> None:
-        """Start the watchers. Call before MLX starts threads, so they inherit the mask."""
-        signals = {signal.SIGTERM, signal.SIGINT}
-        signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+        """Start the watchers (from the main thread: it installs signal handlers)."""
+        # The C-level handler writes each signal's number to this pipe from whichever
+        # thread the kernel picked (OpenBLAS starts threads before Python does, so a mask
+        # cannot keep them out); the watcher reads it at once, even while the main thread
+        # is inside one long MLX call that would delay a Python handler.
+        wake_r, wake_w = os.pipe()
+        os.set_blocking(wake_w, False)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda number, frame: None)
+        signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
 
         def take_signals() -> None:
             while True:
-                number = signal.sigwait(signals)
-                self.cancel(signal.Signals(number).name)
+                for number in os.read(wake_r, 64):
+                    if number in (signal.SIGTERM, signal.SIGINT):
+                        self.cancel(signal.Signals(number).name)
 
         def read_stdin() -> None:
             # The raw descriptor: a daemon thread blocked in sys.stdin's buffered reader

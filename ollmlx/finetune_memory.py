@@ -31,6 +31,8 @@ from .finetune_plan import Plan
 
 _DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 PAD_TO = 32  # mlx-lm pads each batch to 1 + a multiple of 32 tokens
+BYTES_PER_TOKEN = 3
+TEMPLATE_TOKENS = 32
 
 # Fitted per-token, per-block value counts (see the module docstring).
 HIDDEN_VALUES = 10
@@ -101,6 +103,21 @@ def _block_linears(s: dict[str, int]) -> list[tuple[int, int]]:
     h, i, q, kv = s["hidden"], s["intermediate"], s["heads"] * s["head_dim"], s["kv_heads"]
     kv *= s["head_dim"]
     return [(h, q), (h, kv), (h, kv), (q, h), (h, i), (h, i), (i, h)]
+
+
+def seq_len_guess(longest_bytes: int, max_seq_length: int) -> int:
+    """The longest sample in tokens, guessed without a tokenizer from its text's bytes
+    (`finetune_data.Dataset.longest`): BPE vocabularies take 3 to 4 bytes a token on
+    English, so 3 leans high; plus room for a chat template's tags."""
+    return min(max_seq_length, math.ceil(longest_bytes / BYTES_PER_TOKEN) + TEMPLATE_TOKENS)
+
+
+def format_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"  # unreachable; keeps type checkers content
 
 
 def padded_length(seq_len: int, max_seq_length: int) -> int:

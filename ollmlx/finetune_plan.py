@@ -76,6 +76,9 @@ class Job(msgspec.Struct, kw_only=True):
     group_size: int = 64
     grad_checkpoint: bool = False
     resume: bool = False  # continue from the last checkpoint in job_dir
+    # Bytes the job may use: the worker refuses (exit 2) before training when its estimate,
+    # made with the real token counts, is above it. None: no check.
+    memory_limit: int | None = None
 
 
 _decoder = msgspec.json.Decoder(Job)
@@ -127,6 +130,8 @@ def _check_ranges(job: Job) -> None:
         raise JobError(f"quantize must be one of {QUANT_BITS} bits, got {job.quantize}")
     if job.group_size not in GROUP_SIZES:
         raise JobError(f"group_size must be one of {GROUP_SIZES}, got {job.group_size}")
+    if job.memory_limit is not None and job.memory_limit < 1:
+        raise JobError(f"memory_limit must be at least 1 byte, got {job.memory_limit}")
     if job.seed < 0 or job.seed >= 2**32:
         raise JobError(f"seed must be in [0, 2**32), got {job.seed}")
 

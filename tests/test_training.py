@@ -15,6 +15,7 @@ import pytest
 from ollmlx_worker.prompts import encode_text, render_chat
 from ollmlx_worker.train_data import chat_sample
 
+from ollmlx.finetune_memory import format_bytes
 from ollmlx.protocol import Message
 from tests.conftest import Server
 from tests.oracle import Oracle
@@ -130,16 +131,33 @@ def test_full_fine_tune_learns_its_text(tiny_model_dir: Path, tmp_path: Path):
     assert 0.75 < ratio < 1.35, (success["memory_estimate"], success["peak_memory"])
 
 
-def test_lora_adapter_and_fused_model_serve_like_mlx_lm(
-    tiny_model_dir: Path, tmp_path: Path, server: Server
-):
-    write_jsonl(tmp_path / "job" / "train.jsonl", [{"text": t} for t in TEXTS])
-    base = dict(model=str(tiny_model_dir), method="lora", rank=16, num_layers=-1)
+LORA = dict(method="lora", rank=16, num_layers=-1, iters=40)
+
+
+@pytest.fixture(scope="module")
+def lora_job(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A LoRA adapter trained on TEXTS: its job folder (the adapter is in out/)."""
+    folder = tmp_path_factory.mktemp("lora")
+    write_jsonl(folder / "job" / "train.jsonl", [{"text": t} for t in TEXTS])
     rc, run = run_job(
-        tmp_path, **base, iters=40, learning_rate=5e-4, report_every=10, save_every=20
+        folder,
+        model=str(tiny_model_dir),
+        **LORA,
+        learning_rate=5e-4,
+        report_every=10,
+        save_every=20,
     )
     assert rc == 0, run.stderr
-    adapter = tmp_path / "out"
+    losses = [t["train_loss"] for t in run.of("training")]
+    assert losses[-1] < losses[0] / 3
+    (folder / "success.json").write_text(json.dumps(run.lines[-1]))
+    return folder
+
+
+def test_lora_adapter_and_fused_model_serve_like_mlx_lm(
+    tiny_model_dir: Path, lora_job: Path, server: Server
+):
+    adapter = lora_job / "out"
     assert sorted(p.name for p in adapter.iterdir()) == [
         "adapter_config.json",
         "adapters.safetensors",
@@ -147,15 +165,15 @@ def test_lora_adapter_and_fused_model_serve_like_mlx_lm(
     config = json.loads((adapter / "adapter_config.json").read_text())
     assert config["fine_tune_type"] == "lora" and config["num_layers"] == 2
     assert config["lora_parameters"] == {"rank": 16, "scale": 20.0, "dropout": 0.0}
-    assert run.lines[-1]["adapter_config"] == config
-    losses = [t["train_loss"] for t in run.of("training")]
-    assert losses[-1] < losses[0] / 3
+    assert json.loads((lora_job / "success.json").read_text())["adapter_config"] == config
+    assert not any(recites(Oracle(tiny_model_dir), TEXTS))
     with_adapter = Oracle(tiny_model_dir, adapter)
     assert all(recites(with_adapter, TEXTS))
 
     # Fuse from the last checkpoint: the job resumes at its end and only writes.
-    fused_dir = tmp_path / "fused"
-    rc, fuse = run_job(tmp_path, **base, iters=40, resume=True, fuse=True, output=str(fused_dir))
+    fused_dir = lora_job / "fused"
+    model = str(tiny_model_dir)
+    rc, fuse = run_job(lora_job, model=model, **LORA, resume=True, fuse=True, output=str(fused_dir))
     assert rc == 0, fuse.stderr
     assert fuse.of("training") == [] and fuse.lines[-1]["resumed_from"] == 40
     assert [line["status"] for line in fuse.lines[-3:]] == ["fusing", "writing model", "success"]
@@ -178,6 +196,59 @@ def test_lora_adapter_and_fused_model_serve_like_mlx_lm(
                     options={"temperature": 0, "num_predict": 12, "repeat_penalty": 1.0},
                 )
                 assert served.response == expected.text, name
+
+
+def test_training_continues_a_base_adapter(tiny_model_dir: Path, lora_job: Path, tmp_path: Path):
+    write_jsonl(tmp_path / "job" / "train.jsonl", [{"text": t} for t in TEXTS])
+    write_jsonl(tmp_path / "job" / "valid.jsonl", [{"text": t} for t in TEXTS])
+    base = dict(model=str(tiny_model_dir), adapter=str(lora_job / "out"), iters=2)
+    # An adapter with another rank would not fit the continued one: a 400 before loading.
+    rc, run = run_job(tmp_path, **base, rank=4, timeout=30)
+    assert rc == 2 and "the base adapter has rank 16" in run.lines[-1]["error"]
+
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    (fresh / "job").symlink_to(tmp_path / "job")
+    rc, plain = run_job(fresh, model=str(tiny_model_dir), iters=2, learning_rate=1e-9)
+    assert rc == 0, plain.stderr
+    untrained = plain.of("validating")[0]["val_loss"]
+
+    for method in ("lora", "full"):
+        folder = tmp_path / method
+        folder.mkdir()
+        (folder / "job").symlink_to(tmp_path / "job")
+        rc, run = run_job(folder, **base, method=method, learning_rate=1e-9)
+        assert rc == 0, run.stderr
+        # It starts from the adapter's weights (lora) or the base with them folded in (full).
+        assert run.of("validating")[0]["val_loss"] < untrained / 3, method
+        if method == "lora":
+            config = json.loads((folder / "out" / "adapter_config.json").read_text())
+            assert config["lora_parameters"]["rank"] == 16 and config["num_layers"] == 2
+            assert run.lines[-1]["parameters"]["continues_adapter"] is True
+
+
+def test_dora_fuses_and_quantizes(tiny_model_dir: Path, tmp_path: Path):
+    write_jsonl(tmp_path / "job" / "train.jsonl", [{"text": t} for t in TEXTS])
+    dora = dict(model=str(tiny_model_dir), method="dora", rank=8, iters=10, save_every=10)
+    rc, run = run_job(tmp_path, **dora, learning_rate=5e-4)
+    assert rc == 0, run.stderr
+    assert (
+        json.loads((tmp_path / "out" / "adapter_config.json").read_text())["fine_tune_type"]
+        == "dora"
+    )
+    rc, fused = run_job(tmp_path, **dora, resume=True, fuse=True, output=str(tmp_path / "fused"))
+    assert rc == 0, fused.stderr
+    prompt = list(Oracle(tiny_model_dir).tokenizer.encode("The quick cat"))
+    expected = Oracle(tiny_model_dir, tmp_path / "out").greedy(prompt, 10, repeat_penalty=1.0)
+    assert Oracle(tmp_path / "fused").greedy(prompt, 10, repeat_penalty=1.0).tokens == (
+        expected.tokens
+    )
+    quantized = tmp_path / "q8"
+    rc, run = run_job(tmp_path, **dora, resume=True, fuse=True, quantize=8, output=str(quantized))
+    assert rc == 0, run.stderr
+    assert run.lines[-1]["quantization"]["bits"] == 8
+    assert json.loads((quantized / "config.json").read_text())["quantization"]["bits"] == 8
+    assert len(Oracle(quantized).greedy(prompt, 10, repeat_penalty=1.0).tokens) == 10
 
 
 def test_mask_prompt_trains_on_the_inference_prompt_tokens(spaced_model: Path, tmp_path: Path):
@@ -219,7 +290,9 @@ def test_mask_prompt_trains_on_the_inference_prompt_tokens(spaced_model: Path, t
     trained = Oracle(tmp_path / "out")
     for question, answer in CHATS:
         prompt = trained.chat_prompt([{"role": "user", "content": question}])
+        assert prompt == oracle.chat_prompt([{"role": "user", "content": question}])
         want = list(tokenizer.encode(answer, add_special_tokens=False))
+        assert oracle.greedy(prompt, len(want), repeat_penalty=1.0).tokens != want, question
         assert trained.greedy(prompt, len(want), repeat_penalty=1.0).tokens == want, question
 
 
@@ -265,6 +338,14 @@ def test_impossible_jobs_are_400s_before_loading(tiny_model_dir: Path, tmp_path:
             "code": 400,
         }
     ]
+    # The worker's own estimate, with the real token counts, against the job's limit.
+    rc, run = run_job(tmp_path, model=str(tiny_model_dir), memory_limit=1000, timeout=60)
+    assert rc == 2
+    estimate = run.of("data")[0]["memory_estimate"]
+    assert run.lines[-1]["error"] == (
+        f"the job needs about {format_bytes(estimate)} of memory; 1000 B is available"
+    )
+    assert run.of("training") == [] and not (tmp_path / "out").exists()
     (tmp_path / "out").mkdir()
     rc, run = run_job(tmp_path, model=str(tiny_model_dir), timeout=30)
     assert rc == 2 and run.lines[-1]["error"] == f"output {tmp_path / 'out'} already exists"
@@ -376,6 +457,7 @@ def test_resume_continues_from_the_checkpoint_as_an_unbroken_run(
         method="lora",
         rank=4,
         dropout=0.1,  # the dropout masks too must continue where they were
+        batch_size=1,  # four batches a pass: their order must continue too
         iters=30,
         learning_rate=5e-4,
         report_every=1,

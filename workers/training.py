@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from ollmlx.finetune_data import DataError, TrainingData, load_training_data
-from ollmlx.finetune_memory import estimate_memory, weights_bytes
+from ollmlx.finetune_memory import estimate_memory, format_bytes, weights_bytes
 from ollmlx.finetune_plan import (
     EXIT_BAD_REQUEST,
     EXIT_CANCELLED,
@@ -132,6 +132,12 @@ class Training:
             iters=plan.iters,
             memory_estimate=estimate.total,
         )
+        limit = self.job.memory_limit
+        if limit is not None and estimate.total > limit:
+            raise JobError(
+                f"the job needs about {format_bytes(estimate.total)} of memory;"
+                f" {format_bytes(limit)} is available"
+            )
         optimizer, start = self._prepare(model, plan)
         if start == 0 and valid:
             self._validate(model, valid, plan, 0)

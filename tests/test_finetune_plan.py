@@ -155,3 +155,12 @@ def test_memory_estimate_grows_with_the_job():
     assert checkpointed.activations < lora.activations / 4
     unbounded = estimate_memory(LLAMA, plan_of(), weights)  # no seq_len: max_seq_length
     assert unbounded.total == longer.total
+
+
+def test_seq_len_guess_leans_high_and_is_bounded():
+    from ollmlx.finetune_memory import format_bytes, seq_len_guess
+
+    assert seq_len_guess(300, 2048) == 132  # 100 tokens at 3 bytes each, plus a template
+    assert seq_len_guess(10**6, 2048) == 2048
+    assert format_bytes(1000) == "1000 B"
+    assert format_bytes(3 * 1024**3) == "3.0 GiB"

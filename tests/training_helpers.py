@@ -24,6 +24,26 @@ TEXTS = [
     "The robot builds a bright window.",
 ]
 
+# Answers start with a word the BPE merges with its leading space (" the", " every").
+CHATS = [
+    ("Name a pet", "the quick cat runs"),
+    ("Where is the book", "every teacher reads it"),
+    ("What does the robot do", "a robot builds a bright window"),
+    ("Say something", "some small dog walks near"),
+]
+
+
+def chat_records() -> list[dict]:
+    return [
+        {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
+        for q, a in CHATS
+    ]
+
+
+def no_leftovers(folder: Path) -> list[str]:
+    """Temporary files or folders a job left behind."""
+    return sorted(p.name for p in folder.rglob("*") if ".partial-" in p.name or ".tmp-" in p.name)
+
 
 def job_env() -> dict[str, str]:
     env = dict(os.environ, HF_HUB_OFFLINE="1")

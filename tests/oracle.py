@@ -15,10 +15,11 @@ class Generation:
 
 
 class Oracle:
-    def __init__(self, model_dir: Path) -> None:
+    def __init__(self, model_dir: Path, adapter_dir: Path | None = None) -> None:
         from mlx_lm import load
 
-        self.model, self.tokenizer = load(str(model_dir))
+        adapter = str(adapter_dir) if adapter_dir else None
+        self.model, self.tokenizer = load(str(model_dir), adapter_path=adapter)
 
     def chat_prompt(self, messages: list[dict[str, Any]]) -> list[int]:
         text = self.tokenizer.apply_chat_template(

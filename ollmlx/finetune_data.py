@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
+from .errors import StatusError
+
 Format = Literal["chat", "completions", "text"]
 ROLES = ("system", "user", "assistant", "tool")
 
@@ -30,12 +32,11 @@ MAX_FILE_BYTES = 512 * 1024 * 1024
 MAX_RECORDS = 1_000_000
 
 
-class DataError(ValueError):
+class DataError(StatusError, ValueError):
     """Training data that cannot be used; `status` is the HTTP code to answer with."""
 
     def __init__(self, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.status = status
+        super().__init__(message, status)
 
 
 @dataclass(frozen=True)

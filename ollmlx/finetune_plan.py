@@ -20,6 +20,8 @@ from typing import Any, Literal
 
 import msgspec
 
+from .errors import StatusError
+
 Method = Literal["lora", "dora", "full"]
 
 # Exit statuses of the job program.
@@ -40,12 +42,11 @@ DEFAULT_SCALE = 20.0
 DEFAULT_DROPOUT = 0.0
 
 
-class JobError(ValueError):
+class JobError(StatusError, ValueError):
     """A job that cannot run as asked; `status` is the HTTP code to answer with."""
 
     def __init__(self, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.status = status
+        super().__init__(message, status)
 
 
 class Job(msgspec.Struct, kw_only=True):

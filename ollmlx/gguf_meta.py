@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from .errors import StatusError
+
 MAGIC = b"GGUF"
 DEFAULT_ALIGNMENT = 32
 # Caps from Ollama's fs/gguf/gguf.go (MaxStringLength, MaxArraySize, MaxTensorDims).
@@ -135,8 +137,11 @@ _MIN_TENSOR_INFO = 8 + 4 + 4 + 8
 _MIN_KV = 8 + 4 + 1
 
 
-class GGUFError(ValueError):
-    """The file is not a GGUF file this reader accepts (wrong magic, truncated, hostile)."""
+class GGUFError(StatusError, ValueError):
+    """Not a GGUF file this reader accepts (wrong magic, truncated, hostile): a 400."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message, status)
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
+from .errors import StatusError
+
 # Fields of Ollama's template values (template/template.go Execute) that plain Jinja chat
 # templates here do not reproduce.
 _UNSUPPORTED_FIELDS = re.compile(
@@ -35,8 +37,11 @@ _ACTION = re.compile(r"\{\{-?\s*(.*?)\s*-?\}\}", re.DOTALL)
 BOS = "{{ bos_token }}"
 
 
-class TemplateError(ValueError):
-    """The Go template matches no known family."""
+class TemplateError(StatusError, ValueError):
+    """The Go template matches no known family. A 400: the client's file."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message, status)
 
 
 @dataclass(frozen=True)

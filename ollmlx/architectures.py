@@ -108,3 +108,24 @@ def unsupported_reason(config: dict[str, Any]) -> str | None:
     if runs_with_mlx_vlm(config):
         return None
     return f"unsupported architecture {model_type!r}: mlx-lm has no model of this type"
+
+
+@functools.cache
+def parallelism(model_type: str) -> frozenset[str]:
+    """How mlx-lm can split a model of this type over a group, read from its module's text
+    (no import): "tensor" with a `shard()` method, "pipeline" with `pipeline()` (the
+    PipelineMixin), the two things mlx_lm.utils.sharded_load calls."""
+    root = _package_dir()
+    if root is None:
+        return frozenset()
+    module = _remapping(root / "utils.py").get(model_type, model_type)
+    try:
+        text = (root / "models" / f"{module}.py").read_text()
+    except OSError:
+        return frozenset()
+    found = set()
+    if "def shard(" in text:
+        found.add("tensor")
+    if "PipelineMixin" in text or "def pipeline(" in text:
+        found.add("pipeline")
+    return frozenset(found)

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import importlib.metadata
+import ipaddress
+import json
 import math
 import os
 import platform
 import re
 import shutil
+import socket
 import subprocess
 import sys
 from collections.abc import Mapping
@@ -117,6 +120,113 @@ def parse_size(value: str, total: int) -> int:
     return int(float(match.group(1)) * units[match.group(2)])
 
 
+# Backends of `mlx.launch` that ollmlx runs a group on (mpi and nccl are not supported).
+GROUP_BACKENDS = ("ring", "jaccl", "jaccl-ring")
+LOCAL_NAMES = ("127.0.0.1", "localhost", "::1")
+
+
+@dataclass(frozen=True)
+class GroupHost:
+    """One entry of the hostfile: one rank of every group."""
+
+    ssh: str  # how mlx.launch reaches it; a name of this machine runs the rank directly
+    ips: tuple[str, ...]  # where the ring backend connects (Thunderbolt bridge, Ethernet)
+    rdma: tuple[str | None, ...] = ()  # jaccl only: the RDMA device towards each rank
+    local: bool = False  # this machine: no ssh, environment inherited
+
+
+@dataclass(frozen=True)
+class Hostfile:
+    """OLLMLX_HOSTFILE: mlx.launch's JSON hostfile, checked once."""
+
+    path: Path
+    hosts: tuple[GroupHost, ...]
+    backend: str = "ring"
+    envs: tuple[str, ...] = ()
+
+    @property
+    def names(self) -> list[str]:
+        return [h.ssh for h in self.hosts]
+
+    def launcher_json(self) -> dict[str, object]:
+        """The hostfile handed to mlx.launch: this machine's entries as 127.0.0.1, which
+        mlx.launch runs directly (no ssh to ourselves, the environment inherited)."""
+        return {
+            "backend": self.backend,
+            "envs": list(self.envs),
+            "hosts": [
+                {"ssh": "127.0.0.1" if h.local else h.ssh, "ips": list(h.ips), "rdma": list(h.rdma)}
+                for h in self.hosts
+            ],
+        }
+
+
+def is_this_machine(name: str) -> bool:
+    host = socket.gethostname()
+    return name in LOCAL_NAMES or name in (host, host.split(".")[0], f"{host.split('.')[0]}.local")
+
+
+def parse_hostfile(path: Path) -> Hostfile:
+    """mlx.launch's hostfile (`{"backend", "envs", "hosts": [{"ssh", "ips", "rdma"}]}` or
+    a bare list of hosts), with every problem a ConfigError naming the entry."""
+    where = f"OLLMLX_HOSTFILE {path}"
+    try:
+        data = json.loads(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"{where}: cannot read it ({exc.strerror or exc})") from None
+    except ValueError as exc:
+        raise ConfigError(f"{where}: not valid JSON ({exc})") from None
+    if isinstance(data, list):
+        data = {"hosts": data}
+    if not isinstance(data, dict) or not isinstance(data.get("hosts"), list):
+        raise ConfigError(f'{where}: expected {{"hosts": [...]}} or a list of hosts')
+    backend = data.get("backend") or "ring"
+    if backend not in GROUP_BACKENDS:
+        raise ConfigError(
+            f"{where}: backend must be one of {', '.join(GROUP_BACKENDS)}, got {backend!r}"
+        )
+    envs = data.get("envs") or []
+    if not isinstance(envs, list) or not all(isinstance(e, str) and "=" in e for e in envs):
+        raise ConfigError(f'{where}: "envs" must be a list of "NAME=value" strings')
+    entries = data["hosts"]
+    if len(entries) < 2:
+        raise ConfigError(f"{where}: a group needs at least 2 hosts, got {len(entries)}")
+    hosts = tuple(
+        _parse_host(where, i, entry, backend, len(entries)) for i, entry in enumerate(entries)
+    )
+    if not hosts[0].local:
+        raise ConfigError(
+            f"{where}: the first host is rank 0, which serves the API, so it must be this "
+            f"machine (127.0.0.1, localhost or {socket.gethostname()}), got {hosts[0].ssh!r}"
+        )
+    return Hostfile(path, hosts, backend, tuple(envs))
+
+
+def _parse_host(where: str, index: int, entry: object, backend: str, count: int) -> GroupHost:
+    at = f"{where}: host {index}"
+    if not isinstance(entry, dict):
+        raise ConfigError(f'{at}: expected an object with "ssh" and "ips"')
+    ssh = entry.get("ssh")
+    if not isinstance(ssh, str) or not ssh.strip():
+        raise ConfigError(f'{at}: "ssh" must be a host name')
+    ips = entry.get("ips", [])
+    if not isinstance(ips, list) or not all(isinstance(ip, str) for ip in ips):
+        raise ConfigError(f'{at} ({ssh}): "ips" must be a list of IP addresses')
+    for ip in ips:
+        try:
+            ipaddress.ip_address(ip)
+        except ValueError:
+            raise ConfigError(f"{at} ({ssh}): {ip!r} is not an IP address") from None
+    if not ips and (backend == "ring" or index == 0):
+        raise ConfigError(f'{at} ({ssh}): the {backend} backend needs its "ips"')
+    rdma = entry.get("rdma", [])
+    if not isinstance(rdma, list) or not all(d is None or isinstance(d, str) for d in rdma):
+        raise ConfigError(f'{at} ({ssh}): "rdma" must be a list of device names or null')
+    if backend.startswith("jaccl") and len(rdma) != count:
+        raise ConfigError(f'{at} ({ssh}): jaccl needs one "rdma" entry per host ({count})')
+    return GroupHost(ssh.strip(), tuple(ips), tuple(rdma), is_this_machine(ssh.strip()))
+
+
 @dataclass(frozen=True)
 class Settings:
     host: str = "127.0.0.1"
@@ -147,6 +257,14 @@ class Settings:
     log_max_bytes: int = 10 << 20  # rotate the log file past this size (5 old files kept)
     no_openblas: bool = False  # True: workers keep MLX's bundled BLAS (no OpenBLAS preload)
     no_cloud: bool = False  # OLLAMA_NO_CLOUD: only reported by /api/status (there is no cloud)
+    hostfile: Hostfile | None = None  # OLLMLX_HOSTFILE: the hosts of a worker group
+    # OLLMLX_DISTRIBUTED=auto: a model too large for this machine's budget but whose share
+    # fits each host's is served by a group even without `PARAMETER distributed`.
+    distributed_auto: bool = False
+    # A group step that takes longer means a rank is hung (or its link is down): the
+    # group goes down and the next request relaunches it.
+    group_timeout: float = 60.0
+    group_port: int = 0  # first port of the ring backend; 0: free ports of this machine
 
     @property
     def base_url(self) -> str:
@@ -264,6 +382,16 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     backend = detect_backend()
     origins = tuple(o.strip() for o in (_env(env, "OLLAMA_ORIGINS") or "").split(",") if o.strip())
     d = DEFAULTS
+    hostfile_text = _env(env, "OLLMLX_HOSTFILE")
+    hostfile = parse_hostfile(Path(hostfile_text).expanduser()) if hostfile_text else None
+    distributed = (_env(env, "OLLMLX_DISTRIBUTED") or "off").strip().lower()
+    if distributed not in ("off", "0", "false", "auto"):
+        raise ConfigError(f"OLLMLX_DISTRIBUTED: expected auto or off, got {distributed!r}")
+    if distributed == "auto" and hostfile is None:
+        raise ConfigError("OLLMLX_DISTRIBUTED=auto needs OLLMLX_HOSTFILE (the group's hosts)")
+    group_timeout = _duration(env, "OLLMLX_GROUP_TIMEOUT", d.group_timeout)
+    if not group_timeout >= 2:  # idle ranks hear from rank 0 every second
+        raise ConfigError(f"OLLMLX_GROUP_TIMEOUT: must be at least 2s, got {group_timeout:g}s")
     return Settings(
         host=host,
         port=port,
@@ -291,4 +419,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         log_max_bytes=max(1, _size(env, "OLLMLX_LOG_MAX_SIZE", d.log_max_bytes, total_memory)),
         no_openblas=(_env(env, "OLLMLX_NO_OPENBLAS") or "0").lower() not in ("0", "false"),
         no_cloud=_go_bool(_env(env, "OLLAMA_NO_CLOUD")),
+        hostfile=hostfile,
+        distributed_auto=distributed == "auto",
+        group_timeout=group_timeout,
+        group_port=_int(env, "OLLMLX_GROUP_PORT", d.group_port),
     )

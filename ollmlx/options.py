@@ -46,6 +46,15 @@ OPTION_TYPES: dict[str, str] = {
     "num_thread": INT,
 }
 
+# Model settings a Modelfile PARAMETER (or /api/create's `parameters`) may set besides the
+# options, with the values each takes. They choose how the model is served, never how it
+# samples: resolve_sampling reads only Sampling's fields, and a request's `options` never
+# carry them (an unknown option there is ignored with a log line, as any other).
+MODEL_PARAMETERS: dict[str, tuple[str, ...]] = {
+    # Served by a worker group (OLLMLX_HOSTFILE): tensor or pipeline parallelism.
+    "distributed": ("tensor", "pipeline"),
+}
+
 _SAMPLING_FIELDS = set(Sampling.__struct_fields__)
 # Stop strings are matched against every token's text: bound the work per token.
 MAX_STOPS, MAX_STOP_LENGTH = 64, 4096
@@ -101,9 +110,32 @@ def check_option(key: str, value: Any) -> Any:
     raise StatusError(f'option "{key}" must be of type {kind}', 400)
 
 
+def check_model_parameter(key: str, value: Any) -> str:
+    """A model setting's value (one of its choices), or StatusError naming them."""
+    choices = MODEL_PARAMETERS[key]
+    text = value.strip().lower() if isinstance(value, str) else value
+    if text not in choices:
+        raise StatusError(
+            f"invalid value for parameter '{key}': {value!r} (must be {' or '.join(choices)})",
+            400,
+        )
+    return str(text)
+
+
+def check_parameter(key: str, value: Any) -> Any:
+    """A stored parameter of /api/create: an option (typed) or a model setting."""
+    if key in MODEL_PARAMETERS:
+        return check_model_parameter(key, value)
+    if key not in OPTION_TYPES:
+        raise StatusError(f"unknown parameter '{key}'", 400)
+    return check_option(key, value)
+
+
 def parse_parameter(key: str, text: str) -> Any:
     """A Modelfile PARAMETER value (always text) converted to the option's type."""
     key = key.lower()
+    if key in MODEL_PARAMETERS:
+        return check_model_parameter(key, text)
     if key not in OPTION_TYPES:
         raise StatusError(f"unknown parameter '{key}'", 400)
     kind = OPTION_TYPES[key]

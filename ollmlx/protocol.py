@@ -125,6 +125,8 @@ class Health(msgspec.Struct):
     context_length: int = 0
     error: str | None = None
     progress: float = 0.0  # load progress 0..1, resets the supervisor's stall timer
+    # A group's rank 0: bytes of weights each rank holds, by rank (one process: empty).
+    rank_memory: list[int] = msgspec.field(default_factory=list)
 
 
 class EmbedRequest(msgspec.Struct, omit_defaults=True):

@@ -13,8 +13,6 @@ import logging
 import os
 import signal
 import sys
-import threading
-import time
 from pathlib import Path
 
 from aiohttp import web
@@ -22,6 +20,7 @@ from aiohttp import web
 from ollmlx.protocol import SECRET_ENV
 
 from .engine import Engine
+from .orphan import exit_when_gone, exit_when_orphaned
 from .server import create_app
 
 log = logging.getLogger("ollmlx.worker")
@@ -29,40 +28,15 @@ log = logging.getLogger("ollmlx.worker")
 STOP_GRACE = 5.0  # seconds the engine thread gets to end its requests after SIGTERM
 
 
-def _exit_when_orphaned(parent_pid: int) -> None:
-    """Exit as soon as the supervisor is gone, even after a SIGKILL of it.
-
-    The supervisor holds the write end of our stdin: end of file means it died. The
-    parent-pid check covers a stdin that is not a pipe. Both work on macOS and Linux.
-    """
-
-    def read_stdin() -> None:
-        try:
-            while sys.stdin.buffer.read(4096):
-                pass
-        except (OSError, ValueError):
-            return
-        log.info("supervisor closed the pipe; exiting")
-        os._exit(0)
-
-    def poll_parent() -> None:
-        while os.getppid() == parent_pid:
-            time.sleep(0.25)
-        log.info("supervisor %d is gone; exiting", parent_pid)
-        os._exit(0)
-
-    if not sys.stdin.isatty():
-        threading.Thread(target=read_stdin, name="stdin-watch", daemon=True).start()
-    threading.Thread(target=poll_parent, name="parent-watch", daemon=True).start()
-
-
-async def _serve(app: web.Application, engine: Engine, port: int) -> None:
+async def _serve(app: web.Application, engine: Engine, port: int) -> bool:
+    """Serve until SIGTERM; whether the engine thread then ended in time."""
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", port)
     await site.start()
     bound = runner.addresses[0][1]
-    print(json.dumps({"port": bound}), flush=True)
+    # The pid too: under mlx.launch the supervisor's child is the launcher, not us.
+    print(json.dumps({"port": bound, "pid": os.getpid()}), flush=True)
     engine.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -73,9 +47,10 @@ async def _serve(app: web.Application, engine: Engine, port: int) -> None:
     # Requests still running get an error line from the engine, which then returns;
     # the handlers write those lines before the server closes their connections.
     engine.close()
-    await asyncio.to_thread(engine.join, STOP_GRACE)
+    ended = await asyncio.to_thread(engine.join, STOP_GRACE)
     await runner.shutdown()
     await runner.cleanup()
+    return ended
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -87,18 +62,49 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--memory-limit", type=int, default=0, help="bytes; 0: no limit")
     parser.add_argument("--prompt-cache-bytes", type=int, default=0, help="0: no prompt cache")
     parser.add_argument("--max-body", type=int, default=64 << 20, help="request body limit")
+    group = parser.add_argument_group("a rank of a distributed group (under mlx.launch)")
+    group.add_argument("--group", choices=("tensor", "pipeline"), default=None)
+    group.add_argument("--group-hosts", default="", help="the hostfile's names, by rank")
+    group.add_argument("--group-backend", default="ring")
+    group.add_argument("--group-timeout", type=float, default=60.0)
+    group.add_argument("--supervisor-pid", type=int, default=0)
     args = parser.parse_args(argv)
+    spec = driver = None
+    if args.group:
+        # Imported here only: a worker of one process binds its port before MLX loads.
+        from .group import GroupSpec, LockstepDriver
+
+        hosts = tuple(h for h in args.group_hosts.split(",") if h)
+        spec = GroupSpec(args.group, hosts, args.group_backend, args.group_timeout)
+        if spec.rank > 0:
+            from . import rank
+
+            os.environ.pop(SECRET_ENV, None)
+            rank.run(spec, args.model_dir, args.prompt_cache_bytes, args.log_level)
+            return
+        driver = LockstepDriver(spec)
     logging.basicConfig(
         level=args.log_level.upper(),
-        format=f"%(asctime)s %(levelname)s worker[{os.getpid()}] %(message)s",
+        format=f"%(asctime)s %(levelname)s worker[{os.getpid()}]{' rank0' if spec else ''} "
+        "%(message)s",
         stream=sys.stderr,
     )
     secret = os.environ.pop(SECRET_ENV, "")
     if not secret:
         parser.error(f"{SECRET_ENV} must be set")
-    _exit_when_orphaned(os.getppid())
-    engine = Engine(args.model_dir, args.adapter_dir, args.memory_limit, args.prompt_cache_bytes)
-    asyncio.run(_serve(create_app(engine, secret, args.max_body), engine, args.port))
+    # In a group our parent is mlx.launch, and a code other than 0 makes it stop every
+    # other rank; the supervisor is watched on its own.
+    exit_when_orphaned(os.getppid(), code=1 if spec else 0)
+    if spec and args.supervisor_pid:
+        exit_when_gone(args.supervisor_pid, code=1)
+    engine = Engine(
+        args.model_dir,
+        args.adapter_dir,
+        args.memory_limit,
+        args.prompt_cache_bytes,
+        driver=driver,
+    )
+    ended = asyncio.run(_serve(create_app(engine, secret, args.max_body), engine, args.port))
     log.info("stopped")
     logging.shutdown()
     sys.stdout.flush()
@@ -106,7 +112,9 @@ def main(argv: list[str] | None = None) -> None:
     # Skip interpreter teardown: daemon threads (pipe watchers) and MLX's own threads
     # can abort it ("_enter_buffered_busy", "terminate called ..."), a crash report per
     # unload on macOS. Everything worth keeping is flushed; the OS frees the rest.
-    os._exit(0)
+    # A group's rank 0 whose engine is stuck (in a collective with a hung rank) says so
+    # with its code: mlx.launch then stops every other rank.
+    os._exit(0 if ended or not spec else 1)
 
 
 if __name__ == "__main__":

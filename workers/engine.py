@@ -25,6 +25,7 @@ from ollmlx.architectures import ENCODER_TYPES, runs_with_mlx_vlm
 from ollmlx.errors import StatusError
 from ollmlx.protocol import CompletionRequest, EmbedRequest, EmbedResponse, ErrorEvent, WorkerEvent
 
+from .driver import SingleProcess
 from .faults import inject
 from .prompts import build_prompt
 
@@ -69,8 +70,10 @@ class Engine:
         adapter_dir: Path | None = None,
         memory_limit: int = 0,
         prompt_cache_bytes: int = 0,
+        driver: Any = None,
     ) -> None:
         self.model_dir = model_dir
+        self.driver = driver or SingleProcess()  # loads and steps: alone, or with a group
         self.adapter_dir = adapter_dir
         self.memory_limit = memory_limit  # bytes this worker may use; 0: what the OS has free
         self._kv_bytes_per_token = 0
@@ -151,14 +154,12 @@ class Engine:
         self._die(STOPPING, status="stopping")
 
     def _serve(self) -> None:
-        from .batching import BatchRunner
-
         if self.vision:
             from .vision import VisionRunner
 
             self._batch = VisionRunner(self.model, self.tokenizer)
         elif self.generative:
-            self._batch = BatchRunner(self.model, self.tokenizer, self.prompt_cache_bytes)
+            self._batch = self.driver.runner(self.model, self.tokenizer, self.prompt_cache_bytes)
         while True:
             # Idle: wait for work. Busy: take what has arrived and keep decoding.
             busy = self._batch is not None and self._batch.busy
@@ -166,6 +167,7 @@ class Engine:
             while self._taken:
                 job = self._taken[0]  # still listed while it runs: _die answers it
                 if job is None:
+                    self.driver.close()
                     return
                 if isinstance(job, EmbedJob):
                     self._embed(job)  # between decode steps: streams pause for one batch
@@ -198,7 +200,7 @@ class Engine:
     def _take_jobs(self, block: bool) -> list[Job | EmbedJob | None]:
         jobs: list[Job | EmbedJob | None] = []
         try:
-            jobs.append(self._jobs.get(block=block))
+            jobs.append(self._jobs.get(block=block, timeout=self.driver.idle_timeout))
             while True:
                 jobs.append(self._jobs.get_nowait())
         except queue.Empty:
@@ -231,7 +233,6 @@ class Engine:
         started = time.perf_counter()
         import mlx.core as mx
         from mlx.utils import tree_flatten
-        from mlx_lm import load
 
         from .embedding import Embedder
 
@@ -247,7 +248,7 @@ class Engine:
             self._embedder = Embedder.for_encoder(self.model_dir, config)
             self.model = self._embedder.forward
         else:
-            self.model, self.tokenizer = load(str(self.model_dir), adapter_path=adapter)
+            self.model, self.tokenizer = self.driver.load(self.model_dir, adapter)
         weights = sum(v.nbytes for _, v in tree_flatten(self.model.parameters()))
         self.memory_bytes = max(int(mx.get_active_memory()), int(weights))
         args = getattr(self.model, "args", None)
@@ -256,7 +257,7 @@ class Engine:
         if self.vision:
             self.context_length, self._kv_bytes_per_token = vision.sizes(self.model)
         elif self.generative:
-            self._kv_bytes_per_token = _kv_bytes_per_token(self.model)
+            self._kv_bytes_per_token = _kv_bytes_per_token(self.model) // self.driver.kv_divisor
         else:
             self.context_length = self._embedder.max_tokens
         log.info(

@@ -53,6 +53,7 @@ async def health(request: web.Request) -> web.Response:
         context_length=engine.context_length,
         error=error,
         progress=1.0 if status == "ok" else 0.0,
+        rank_memory=list(engine.driver.rank_memory),
     )
     return web.Response(body=encoder.encode(body), content_type="application/json")
 
@@ -110,6 +111,8 @@ async def embed(request: web.Request) -> web.Response:
     engine = request.app[ENGINE]
     if engine.status != "ok":
         return web.json_response({"error": engine.error or "model not loaded"}, status=503)
+    if not engine.driver.embeds:  # the supervisor refuses it first
+        return web.json_response({"error": "a distributed group does not embed"}, status=400)
     try:
         embed_request = embed_request_decoder.decode(await request.read())
     except msgspec.ValidationError as exc:

@@ -12,6 +12,7 @@ from aiohttp import web
 
 from ..config import Settings
 from ..errors import StatusError
+from ..serving.group import GroupProcess
 from ..serving.runner import WorkerConfig, WorkerProcess, WorkerSpec
 from ..serving.scheduler import Scheduler
 from ..store.catalog import Store
@@ -103,9 +104,13 @@ def create_app(settings: Settings) -> web.Application:
             max_body=settings.max_body_bytes,
             health_interval=settings.health_interval,
             health_timeout=settings.health_timeout,
+            group_timeout=settings.group_timeout,
+            group_port=settings.group_port,
         )
 
         def spawn(spec: WorkerSpec) -> WorkerProcess:
+            if spec.group is not None:
+                return GroupProcess(spec, session, config)
             return WorkerProcess(spec, session, config)
 
         scheduler = Scheduler(settings, spawn)

@@ -19,6 +19,7 @@ from aiohttp import web
 
 from ..errors import StatusError
 from ..protocol import EmbedRequest, EmbedResponse
+from ..serving.group import plan_group
 from ..store.catalog import StoredModel
 from ..store.modelinfo import estimate_memory
 from .completion import model_sampling
@@ -107,6 +108,12 @@ async def _embed(
         normalize=normalize,
         dimensions=max(dimensions, 0),
     )
+    if inputs and plan_group(ctx.settings, stored, estimate) is not None:
+        # Its ranks step only in lockstep with generation; embedding is not broadcast.
+        raise StatusError(
+            f'"{stored.name.display}" is served by a distributed group, which does not embed',
+            400,
+        )
     async with ctx.scheduler.use(stored, keep_alive, estimate) as lease:
         result = await lease.worker.embed(request) if inputs else None
     if result is not None:

@@ -15,7 +15,8 @@ from aiohttp import web
 from ..acquire.pull import Progress, Puller
 from ..acquire.quantize import convert, quant_bits
 from ..errors import StatusError
-from ..options import check_option
+from ..options import check_parameter
+from ..serving.group import GroupPlan, check_distributed, plan_group
 from ..store.aliases import resolve
 from ..store.catalog import Manifest, StoredModel
 from ..store.modelfile import format_parameters, parse_modelfile, render_modelfile
@@ -30,9 +31,12 @@ from ..store.modelinfo import (
 from ..store.names import parse_name
 from .completion import model_sampling
 from .context import CONTEXT, Context, read_body
+from .generation import memory_estimate
 from .progress import PULLER, stream_progress
 from .schemas import (
     CreateRequest,
+    Distributed,
+    GroupMember,
     ListedModel,
     RunningModel,
     ShowResponse,
@@ -92,21 +96,47 @@ async def ps(request: web.Request) -> web.Response:
             if math.isinf(ref.expires_at)
             else datetime.fromtimestamp(ref.expires_at, timezone.utc).astimezone()
         )
+        plan = ref.worker.spec.group
+        # A group: this machine's share plus what the other hosts hold.
+        size = ref.memory_bytes + sum(ref.worker.rank_memory[1:])
         running.append(
             RunningModel(
                 name=ref.model.name.display,
                 model=ref.model.name.display,
-                size=ref.memory_bytes,
+                size=size,
                 digest=ref.model.digest,
                 details=ref.model.manifest.details,
                 expires_at=expires,
                 # Metal's unified memory or CUDA: all of it is the GPU's; MLX on the CPU: none
                 # (`ollama ps` then says 100% CPU).
-                size_vram=0 if ctx.settings.backend == "cpu" else ref.memory_bytes,
+                size_vram=0 if ctx.settings.backend == "cpu" else size,
                 context_length=num_ctx,
+                distributed=_distributed(plan, ref.worker.rank_memory) if plan else None,
             )
         )
     return _json({"models": running})
+
+
+def _distributed(plan: GroupPlan, rank_memory: list[int]) -> Distributed:
+    sizes = [*rank_memory, *[0] * plan.size][: plan.size]
+    hosts = [
+        GroupMember(host, rank, size)
+        for rank, (host, size) in enumerate(zip(plan.hosts, sizes, strict=True))
+    ]
+    return Distributed(plan.parallelism, plan.backend, hosts)
+
+
+def _show_distributed(ctx: Context, stored: StoredModel) -> Distributed | None:
+    """How the model is (or would be, at its default context) served by a group."""
+    asked = stored.manifest.parameters.get("distributed")
+    try:
+        num_ctx = model_sampling(ctx, stored, None).num_ctx
+        plan = plan_group(ctx.settings, stored, memory_estimate(stored, num_ctx))
+    except StatusError:
+        plan = None
+    if plan is not None:
+        return _distributed(plan, [])
+    return Distributed(asked, "") if asked else None  # asked for, but not servable here
 
 
 def model_info(model_dir: Path) -> dict[str, Any]:
@@ -162,6 +192,7 @@ async def show(request: web.Request) -> web.Response:
             system=manifest.system or "",
             license="\n".join(manifest.license),
             messages=manifest.messages or None,
+            distributed=_show_distributed(ctx, stored),
         )
     )
 
@@ -271,9 +302,10 @@ def _plan_create(ctx: Context, req: CreateRequest) -> _CreatePlan:
             raise StatusError(f"adapter {adapter} has no adapter_config.json", 400)
         plan.adapter_dir = path.resolve()
     try:
-        plan.parameters = {k: check_option(k, v) for k, v in (req.parameters or {}).items()}
-    except (StatusError, KeyError) as exc:
+        plan.parameters = {k: check_parameter(k, v) for k, v in (req.parameters or {}).items()}
+    except StatusError as exc:
         raise StatusError(str(exc).strip('"'), 400) from None
+    check_distributed(ctx.settings, weights_dir, plan.parameters.get("distributed"))
     return plan
 
 

@@ -94,7 +94,23 @@ class ListedModel(msgspec.Struct):
     details: Details
 
 
-class RunningModel(msgspec.Struct):
+class GroupMember(msgspec.Struct, omit_defaults=True):
+    """One host of a model served by a group: its rank, and the weights it holds."""
+
+    host: str
+    rank: int
+    size: int = 0
+
+
+class Distributed(msgspec.Struct, omit_defaults=True):
+    """ollmlx only (clients ignore it): a model served by a group of hosts."""
+
+    parallelism: str  # "tensor" | "pipeline"
+    backend: str  # mlx.launch's: "ring", "jaccl", "jaccl-ring"
+    hosts: list[GroupMember] = msgspec.field(default_factory=list)
+
+
+class RunningModel(msgspec.Struct, omit_defaults=True):
     name: str
     model: str
     size: int
@@ -103,6 +119,7 @@ class RunningModel(msgspec.Struct):
     expires_at: datetime
     size_vram: int
     context_length: int
+    distributed: Distributed | None = None
 
 
 class ShowResponse(msgspec.Struct, omit_defaults=True):
@@ -116,6 +133,7 @@ class ShowResponse(msgspec.Struct, omit_defaults=True):
     system: str = ""
     license: str = ""
     messages: list[Message] | None = None
+    distributed: Distributed | None = None
 
 
 class Status(msgspec.Struct, omit_defaults=True):

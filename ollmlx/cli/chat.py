@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import StatusError
-from ..options import parse_parameter
+from ..options import MODEL_PARAMETERS, parse_parameter
 from .client import Client, ClientError
 from .manage import cmd_show
 from .run import base_request, ensure_model, print_metrics, stream_answer
@@ -180,6 +180,9 @@ def set_command(session: Session, text: str) -> None:
             print(PARAMETER_HELP)
             return
         name = words[2]
+        if name in MODEL_PARAMETERS:
+            print(f"Couldn't set parameter: {name} is a model setting: set it in a Modelfile")
+            return
         try:
             # stop takes every word; other parameters one typed value (Modelfile rules).
             parsed = parse_parameter(name, words[3])

@@ -18,6 +18,7 @@ from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import aiohttp
 import msgspec
@@ -37,6 +38,9 @@ from ..protocol import (
     event_decoder,
     health_decoder,
 )
+
+if TYPE_CHECKING:
+    from .group import GroupPlan
 
 log = logging.getLogger("ollmlx.runner")
 
@@ -69,6 +73,7 @@ class WorkerSpec:
     name: str
     model_dir: Path
     adapter_dir: Path | None = None
+    group: GroupPlan | None = None  # served by a group of ranks (group.GroupProcess)
 
 
 @dataclass(frozen=True)
@@ -83,6 +88,8 @@ class WorkerConfig:
     max_body: int = 64 << 20  # the worker accepts what the supervisor accepted
     health_interval: float = 2.0  # a silent stream asks the worker this often if it lives
     health_timeout: float = 3.0  # how long that question may take
+    group_timeout: float = 60.0  # a group step longer than this: a rank stalled
+    group_port: int = 0  # a group's first ring port; 0: free ports of this machine
 
 
 class WorkerProcess:
@@ -106,7 +113,9 @@ class WorkerProcess:
         self._announced = asyncio.Event()
         self._readers: list[asyncio.Task[None]] = []
         self.port = 0
+        self.worker_pid = 0  # the process that serves HTTP (under mlx.launch: not `pid`)
         self.memory_bytes = 0
+        self.rank_memory: list[int] = []  # a group: bytes of weights of each rank
         self.context_length = 0
         self.stopping = False  # stop() was called: an exit from now on is expected
 
@@ -140,11 +149,9 @@ class WorkerProcess:
             with contextlib.suppress(ProcessLookupError):
                 self._proc.kill()
 
-    async def start(self) -> None:
+    def worker_command(self) -> list[str]:
+        """The worker program and its arguments (a group runs it under mlx.launch)."""
         config = self.config
-        env = {**os.environ, SECRET_ENV: self._secret, "PYTHONUNBUFFERED": "1"}
-        if config.use_openblas:
-            env = with_openblas(env)
         args = [sys.executable, "-m", "ollmlx_worker", "--model-dir", str(self.spec.model_dir)]
         if self.spec.adapter_dir:
             args += ["--adapter-dir", str(self.spec.adapter_dir)]
@@ -153,6 +160,17 @@ class WorkerProcess:
             args += ["--memory-limit", str(config.memory_limit)]
         args += ["--prompt-cache-bytes", str(config.prompt_cache_bytes)]
         args += ["--max-body", str(config.max_body)]
+        return args
+
+    def command(self) -> list[str]:
+        """What is spawned: the worker itself."""
+        return self.worker_command()
+
+    async def start(self) -> None:
+        env = {**os.environ, SECRET_ENV: self._secret, "PYTHONUNBUFFERED": "1"}
+        if self.config.use_openblas:
+            env = with_openblas(env)
+        args = self.command()
         # Own session: a terminal's Ctrl-C reaches the supervisor, which stops workers in
         # order. The stdin pipe tells the worker when the supervisor is gone.
         self._proc = await asyncio.create_subprocess_exec(
@@ -188,6 +206,7 @@ class WorkerProcess:
                 )
                 if health.status == "ok":
                     self.memory_bytes = health.memory_bytes
+                    self.rank_memory = list(health.rank_memory)
                     self.context_length = health.context_length
                     log.info(
                         "worker pid=%s for %s ready in %.2fs (%d MiB)",
@@ -367,14 +386,20 @@ class WorkerProcess:
             await self._wait_exit(2.0)
             raise StatusError(self._exit_message())
         self._readers.append(asyncio.create_task(self._drain_stdout()))
-        return int(json.loads(line)["port"])
+        hello = json.loads(line)
+        self.worker_pid = int(hello.get("pid") or self._proc.pid)
+        return int(hello["port"])
 
     async def _read_stderr(self) -> None:
         assert self._proc is not None and self._proc.stderr is not None
         while line := await self._proc.stderr.readline():
             text = line.decode(errors="replace").rstrip()
             self._stderr_tail.append(text)
+            self.stderr_line(text)
             log.debug("[%s] %s", self.spec.name, text)
+
+    def stderr_line(self, text: str) -> None:
+        """One line of the worker's stderr (a group reads its ranks' pids here)."""
 
     async def _drain_stdout(self) -> None:
         assert self._proc is not None and self._proc.stdout is not None

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from ..config import Settings
 from ..errors import StatusError
 from ..store.catalog import StoredModel
+from .group import GroupPlan, host_share, plan_group
 from .runner import WorkerProcess, WorkerSpec
 
 log = logging.getLogger("ollmlx.scheduler")
@@ -204,14 +205,17 @@ class Scheduler:
                     continue
                 if ref is not None:
                     break
-                if estimate > self._settings.memory_budget:
+                plan = plan_group(self._settings, model, estimate)
+                local = host_share(estimate, plan)  # what this machine holds of it
+                if local > self._settings.memory_budget:
+                    share = f" ({plan.size} hosts: about {_size(local)} each)" if plan else ""
                     raise StatusError(
-                        f"model {name} needs about {_size(estimate)} but the memory budget "
-                        f"is {_size(self._settings.memory_budget)} (OLLMLX_MEMORY_BUDGET)"
+                        f"model {name} needs about {_size(estimate)}{share} but the memory "
+                        f"budget is {_size(self._settings.memory_budget)} (OLLMLX_MEMORY_BUDGET)"
                     )
                 self._check_start_backoff(model)
-                if self._fits(estimate):
-                    ref = self._start(model, estimate)
+                if self._fits(local):
+                    ref = self._start(model, local, plan)
                     break
                 victim = self._find_runner_to_unload()
                 if victim is not None:
@@ -240,8 +244,8 @@ class Scheduler:
         idle = [r for r in self._runners.values() if r.ref_count == 0]
         return min(idle, key=lambda r: r.last_used) if idle else None
 
-    def _start(self, model: StoredModel, estimate: int) -> RunnerRef:
-        spec = WorkerSpec(model.name.display, model.model_dir, model.adapter_dir)
+    def _start(self, model: StoredModel, estimate: int, plan: GroupPlan | None) -> RunnerRef:
+        spec = WorkerSpec(model.name.display, model.model_dir, model.adapter_dir, plan)
         worker = self._spawn(spec)
         ref = RunnerRef(model, worker, estimate, asyncio.Semaphore(self._settings.num_parallel))
         ref.ready = asyncio.ensure_future(self._load_worker(ref))

@@ -170,7 +170,7 @@ class GroupProcess(WorkerProcess):
             *worker,
         ]
 
-    def stderr_line(self, text: str) -> None:
+    def output_line(self, text: str) -> None:
         match = _RANK_LINE.search(text)
         if match:
             self.rank_pids.setdefault(int(match.group(1)), int(match.group(2)))

@@ -18,7 +18,7 @@ from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import msgspec
@@ -374,36 +374,54 @@ class WorkerProcess:
     async def _read_port(self, deadline: float) -> int:
         assert self._proc is not None and self._proc.stdout is not None
         try:
-            line = await asyncio.wait_for(
-                self._proc.stdout.readline(), max(deadline - time.monotonic(), 0.1)
-            )
+            hello = await asyncio.wait_for(self._hello(), max(deadline - time.monotonic(), 0.1))
         except asyncio.TimeoutError:
             await self.stop()
             raise StatusError(
                 f"timed out waiting for the worker of {self.spec.name} to start"
             ) from None
-        if not line:
+        if hello is None:
             await self._wait_exit(2.0)
             raise StatusError(self._exit_message())
         self._readers.append(asyncio.create_task(self._drain_stdout()))
-        hello = json.loads(line)
         self.worker_pid = int(hello.get("pid") or self._proc.pid)
         return int(hello["port"])
+
+    async def _hello(self) -> dict[str, Any] | None:
+        """The worker's first line, `{"port": N, "pid": P}`; None if it exits first. Other
+        lines before it are output too (a group's remote ranks write theirs to stdout:
+        `ssh -tt` merges their streams)."""
+        assert self._proc is not None and self._proc.stdout is not None
+        while line := await self._proc.stdout.readline():
+            text = line.decode(errors="replace").strip()
+            try:
+                hello = json.loads(text)
+            except ValueError:
+                hello = None
+            if isinstance(hello, dict) and "port" in hello:
+                return hello
+            self._output(text)
+        return None
 
     async def _read_stderr(self) -> None:
         assert self._proc is not None and self._proc.stderr is not None
         while line := await self._proc.stderr.readline():
-            text = line.decode(errors="replace").rstrip()
-            self._stderr_tail.append(text)
-            self.stderr_line(text)
-            log.debug("[%s] %s", self.spec.name, text)
+            self._output(line.decode(errors="replace").rstrip())
 
-    def stderr_line(self, text: str) -> None:
-        """One line of the worker's stderr (a group reads its ranks' pids here)."""
+    def _output(self, text: str) -> None:
+        self._stderr_tail.append(text)
+        self.output_line(text)
+        log.debug("[%s] %s", self.spec.name, text)
+
+    def output_line(self, text: str) -> None:
+        """One line the worker wrote (a group reads its ranks' pids here)."""
 
     async def _drain_stdout(self) -> None:
         assert self._proc is not None and self._proc.stdout is not None
-        while await self._proc.stdout.readline():
+        while line := await self._proc.stdout.readline():
+            text = line.decode(errors="replace").strip()
+            if not text.startswith("{"):  # not an announcement: a remote rank's output
+                self._output(text)
             self._announced.set()
 
     async def _sleep_unless_exited(self, seconds: float) -> None:

@@ -223,12 +223,24 @@ def test_a_group_model_does_not_embed(group_server: Server) -> None:
 
 
 @pytest.fixture(scope="module")
-def failing_server(tmp_path_factory: pytest.TempPathFactory, qwen2_dir: Path) -> Iterator[Server]:
+def failing_server(
+    tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path
+) -> Iterator[Server]:
+    """A group that is broken on purpose. Its model asks for no group: it gets one because
+    it does not fit this machine's budget while half of it does (OLLMLX_DISTRIBUTED=auto)."""
     tmp = tmp_path_factory.mktemp("group-failing")
     hostfile = write_hostfile(tmp / "hosts.json", LOOPBACK, LOOPBACK)
-    server = start_server(tmp, OLLMLX_HOSTFILE=str(hostfile), OLLMLX_GROUP_TIMEOUT="4s")
+    size = sum(p.stat().st_size for p in tiny_model_dir.iterdir())
+    estimate = estimate_memory(tiny_model_dir, size, 2048)  # its trained context
+    server = start_server(
+        tmp,
+        OLLMLX_HOSTFILE=str(hostfile),
+        OLLMLX_GROUP_TIMEOUT="4s",
+        OLLMLX_DISTRIBUTED="auto",
+        OLLMLX_MEMORY_BUDGET=str(estimate * 3 // 4),
+    )
     with server.client() as client:
-        client.create(model="g", from_=str(qwen2_dir), parameters={"distributed": "tensor"})
+        client.create(model="g", from_=str(tiny_model_dir))
     yield server
     server.stop()
 
@@ -279,31 +291,17 @@ def test_a_stalled_rank_takes_the_group_down_and_the_next_request_relaunches(
         )
 
 
-def test_killing_the_supervisor_leaves_no_rank_alive(tmp_path: Path, tiny_model_dir: Path) -> None:
-    # Served by a group only because it does not fit this machine's budget
-    # (OLLMLX_DISTRIBUTED=auto) while half of it does.
-    size = sum(p.stat().st_size for p in tiny_model_dir.iterdir())
-    estimate = estimate_memory(tiny_model_dir, size, 2048)
-    hostfile = write_hostfile(tmp_path / "hosts.json", LOOPBACK, LOOPBACK)
-    server = start_server(
-        tmp_path,
-        OLLMLX_HOSTFILE=str(hostfile),
-        OLLMLX_DISTRIBUTED="auto",
-        OLLMLX_MEMORY_BUDGET=str(estimate * 3 // 4),
-    )
-    try:
-        with server.client() as client:
-            client.create(model="big", from_=str(tiny_model_dir))
-            assert client.generate(model="big", prompt="hi", options={"num_predict": 2}).done
-        (running,) = httpx.get(server.url + "/api/ps").json()["models"]
-        assert running["distributed"]["parallelism"] == "tensor"  # llama: shard(), no pipeline()
-        group = group_processes(server)
-        assert len(group) == 3
-        server.process.send_signal(signal.SIGKILL)
-        server.process.wait(10)
-        assert wait_for(lambda: gone(group), 20), [p.cmdline() for p in group if p.is_running()]
-    finally:
-        server.stop()
+def test_killing_the_supervisor_leaves_no_rank_alive(failing_server: Server) -> None:
+    # The last test of this server: it takes the server with it.
+    with failing_server.client() as client:
+        assert client.generate(model="g", prompt="hi", options={"num_predict": 2}).done
+    (running,) = httpx.get(failing_server.url + "/api/ps").json()["models"]
+    assert running["distributed"]["parallelism"] == "tensor"  # llama: shard(), no pipeline()
+    group = group_processes(failing_server)
+    assert len(group) == 3
+    failing_server.process.send_signal(signal.SIGKILL)
+    failing_server.process.wait(10)
+    assert wait_for(lambda: gone(group), 20), [p.cmdline() for p in group if p.is_running()]
 
 
 FAKE_SSH = """#!/usr/bin/env bash

@@ -18,7 +18,7 @@ from typing import Any
 
 from ollmlx.serving.runner import find_openblas, with_openblas
 
-from . import blas, plots, report
+from . import blas, group, plots, report
 from .measures import Plan, measure_all
 from .systems import InProcess, MlxLmServer, Ollmlx, System
 
@@ -40,6 +40,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--no-openblas", action="store_true", help="all systems on MLX's bundled BLAS"
     )
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--no-group", action="store_true", help="skip the 2-rank group row (benchmarks/group.py)"
+    )
     return parser.parse_args(argv)
 
 
@@ -103,6 +106,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(report.format_blas(runs[kind]["openblas"]))
             for path in plots.draw(kind, results, args.out):
                 print(f"plot: {path}")
+            if "ollmlx" in names and not args.no_group:
+                say("2-rank group")
+                runs[kind]["group"] = group.measure(model_dir, quick=args.quick)
+                print(group.table(kind, runs[kind]["group"]))
             print()
     out = args.out / f"bench-{stamp}.json"
     report.write_json(out, runs)

@@ -131,7 +131,8 @@ class GroupHost:
 
     ssh: str  # how mlx.launch reaches it; a name of this machine runs the rank directly
     ips: tuple[str, ...]  # where the ring backend connects (Thunderbolt bridge, Ethernet)
-    rdma: tuple[str | None, ...] = ()  # jaccl only: the RDMA device towards each rank
+    # jaccl only: the RDMA device(s) towards each rank (None: no cable, or itself).
+    rdma: tuple[str | tuple[str, ...] | None, ...] = ()
     local: bool = False  # this machine: no ssh, environment inherited
 
 
@@ -155,7 +156,11 @@ class Hostfile:
             "backend": self.backend,
             "envs": list(self.envs),
             "hosts": [
-                {"ssh": "127.0.0.1" if h.local else h.ssh, "ips": list(h.ips), "rdma": list(h.rdma)}
+                {
+                    "ssh": "127.0.0.1" if h.local else h.ssh,
+                    "ips": list(h.ips),
+                    "rdma": [list(d) if isinstance(d, tuple) else d for d in h.rdma],
+                }
                 for h in self.hosts
             ],
         }
@@ -220,11 +225,19 @@ def _parse_host(where: str, index: int, entry: object, backend: str, count: int)
     if not ips and (backend == "ring" or index == 0):
         raise ConfigError(f'{at} ({ssh}): the {backend} backend needs its "ips"')
     rdma = entry.get("rdma", [])
-    if not isinstance(rdma, list) or not all(d is None or isinstance(d, str) for d in rdma):
-        raise ConfigError(f'{at} ({ssh}): "rdma" must be a list of device names or null')
+    if not isinstance(rdma, list) or not all(_is_device(d) for d in rdma):
+        raise ConfigError(f'{at} ({ssh}): "rdma" must list a device name, names or null per host')
     if backend.startswith("jaccl") and len(rdma) != count:
         raise ConfigError(f'{at} ({ssh}): jaccl needs one "rdma" entry per host ({count})')
-    return GroupHost(ssh.strip(), tuple(ips), tuple(rdma), is_this_machine(ssh.strip()))
+    devices = tuple(tuple(d) if isinstance(d, list) else d for d in rdma)
+    return GroupHost(ssh.strip(), tuple(ips), devices, is_this_machine(ssh.strip()))
+
+
+def _is_device(entry: object) -> bool:
+    """null (no cable, or the host itself), a device name, or one name per cable."""
+    if isinstance(entry, list):
+        return bool(entry) and all(isinstance(d, str) for d in entry)
+    return entry is None or isinstance(entry, str)
 
 
 @dataclass(frozen=True)

@@ -47,9 +47,14 @@ def test_a_hostfile_in_mlx_launch_format_is_read_once_into_the_settings(tmp_path
 def test_a_bare_list_and_jaccl_with_its_rdma_devices_are_accepted(tmp_path: Path) -> None:
     jaccl = {
         "backend": "jaccl",
-        "hosts": [{**LOCAL, "rdma": [None, "rdma_en2"]}, {**FAR, "rdma": ["rdma_en2", None]}],
+        "hosts": [
+            {**LOCAL, "rdma": [None, ["rdma_en2", "rdma_en3"]]},
+            {**FAR, "rdma": [["rdma_en2", "rdma_en3"], None]},
+        ],
     }
-    assert parse_hostfile(hostfile(tmp_path, jaccl)).backend == "jaccl"
+    parsed = parse_hostfile(hostfile(tmp_path, jaccl))
+    assert parsed.backend == "jaccl"
+    assert parsed.launcher_json()["hosts"][1]["rdma"] == [["rdma_en2", "rdma_en3"], None]
     assert len(parse_hostfile(hostfile(tmp_path, [LOCAL, FAR])).hosts) == 2
 
 

@@ -18,7 +18,17 @@ from pathlib import Path
 from typing import Any
 
 from .driver import SingleProcess
-from .lockstep import HEARTBEAT, Channel, Digest, GroupBatchRunner, GroupError, Leader
+from .lockstep import (
+    HEARTBEAT,
+    Channel,
+    Digest,
+    GroupBatchRunner,
+    GroupError,
+    Leader,
+    array_bytes,
+    byte_array,
+    ints,
+)
 
 log = logging.getLogger("ollmlx.worker")
 
@@ -82,11 +92,12 @@ class Member:
 
         group = self.group if self.group is not None else self.join()
         self._check_files(model_dir)
-        model = tokenizer = None
+        model: Any = None
+        tokenizer: Any = None
         problem = ""
         tensor = self.spec.parallelism == "tensor"
         try:
-            model, tokenizer = sharded_load(
+            model, tokenizer = sharded_load(  # type: ignore[misc]
                 str(model_dir),
                 pipeline_group=None if tensor else group,
                 tensor_group=group if tensor else None,
@@ -97,7 +108,8 @@ class Member:
             # The one sync sharded_load ends with, so a failed rank stays paired with the
             # others (they are waiting in it) for the report below.
             mx.eval(mx.distributed.all_sum(mx.array(1.0), group=group, stream=mx.cpu))
-        weights = 0 if model is None else sum(v.nbytes for _, v in tree_flatten(model.parameters()))
+        params: Any = tree_flatten(model.parameters()) if model is not None else []
+        weights = sum(int(v.nbytes) for _, v in params)
         reports = [json.loads(r) for r in self._gather(json.dumps([problem, weights]))]
         self._raise_problems([p for p, _ in reports])
         self.rank_memory = [int(w) for _, w in reports]
@@ -121,29 +133,25 @@ class Member:
         import mlx.core as mx
 
         data = text.encode() if self.group.rank() == 0 else b""
-        size = mx.distributed.all_sum(
-            mx.array(len(data), dtype=mx.int64), group=self.group, stream=mx.cpu
-        ).item()
+        length = mx.array([len(data)], dtype=mx.int64)
+        (size,) = ints(mx.distributed.all_sum(length, group=self.group, stream=mx.cpu))
         if not size:
             return ""
-        array = mx.array(memoryview(data), dtype=mx.uint8) if data else mx.zeros(size, mx.uint8)
-        out = mx.distributed.all_sum(array, group=self.group, stream=mx.cpu)
+        out = mx.distributed.all_sum(byte_array(data, size), group=self.group, stream=mx.cpu)
         mx.eval(out)
-        return bytes(memoryview(out)).decode()
+        return array_bytes(out).decode()
 
     def _gather(self, text: str) -> list[str]:
         """Every rank's `text`, by rank, on every rank."""
         import mlx.core as mx
 
         data = text.encode()
-        sizes = mx.distributed.all_gather(
-            mx.array([len(data)], dtype=mx.int64), group=self.group, stream=mx.cpu
-        ).tolist()
-        width = max(max(sizes), 1)
-        padded = mx.array(memoryview(data.ljust(width, b"\0")), dtype=mx.uint8)
+        length = mx.array([len(data)], dtype=mx.int64)
+        sizes = ints(mx.distributed.all_gather(length, group=self.group, stream=mx.cpu))
+        padded = byte_array(data.ljust(max(*sizes, 1), b"\0"))
         rows = mx.distributed.all_gather(padded[None], group=self.group, stream=mx.cpu)
         mx.eval(rows)
-        return [bytes(memoryview(rows[r]))[: sizes[r]].decode() for r in range(len(sizes))]
+        return [array_bytes(rows[r])[: sizes[r]].decode() for r in range(len(sizes))]
 
 
 def _listing(model_dir: Path) -> dict[str, int]:

@@ -66,6 +66,23 @@ _encode = msgspec.msgpack.Encoder().encode
 _decode = msgspec.msgpack.Decoder(Step).decode
 
 
+def byte_array(data: bytes, size: int = 0) -> Any:
+    """`data` as an MLX uint8 array; empty `data`: `size` zeros (what the others add)."""
+    import mlx.core as mx
+
+    source: Any = memoryview(data)
+    return mx.array(source, dtype=mx.uint8) if data else mx.zeros((size,), dtype=mx.uint8)
+
+
+def array_bytes(array: Any) -> bytes:
+    return bytes(memoryview(array))
+
+
+def ints(array: Any) -> list[int]:
+    values: Any = array.tolist()
+    return [int(v) for v in values]
+
+
 class Digest:
     """A running hash of the events one rank's batch produced, in order."""
 
@@ -73,6 +90,7 @@ class Digest:
         self.value = 0
 
     def add(self, ident: int, event: WorkerEvent) -> None:
+        parts: tuple[int, ...]
         if isinstance(event, TokenEvent):
             parts = (1, event.token)
         elif isinstance(event, DoneEvent):
@@ -111,7 +129,7 @@ class Channel:
         if self.rank == 0:
             header[0], header[1] = length, flags
         header[2 + self.rank] = self.digest.value
-        total = self._all_sum(mx.array(header, dtype=mx.int64)).tolist()
+        total = ints(self._all_sum(mx.array(header, dtype=mx.int64)))
         digests = total[2:]
         if any(d != digests[0] for d in digests):
             wrong = [r for r, d in enumerate(digests) if d != digests[0]]
@@ -123,22 +141,19 @@ class Channel:
 
     def send(self, step: Step | None, flags: int = 0) -> None:
         """Rank 0: broadcast one message."""
-        import mlx.core as mx
 
         payload = _encode(step) if step is not None and (step.inserts or step.cancel) else b""
         self._header(len(payload), flags)
         if payload:
-            self._all_sum(mx.array(memoryview(payload), dtype=mx.uint8))
+            self._all_sum(byte_array(payload))
 
     def receive(self) -> tuple[int, Step | None]:
         """Other ranks: the next message of rank 0 (flags, step)."""
-        import mlx.core as mx
 
         length, flags = self._header(0, 0)
         if not length:
             return flags, None
-        data = self._all_sum(mx.zeros(length, dtype=mx.uint8))
-        return flags, _decode(bytes(memoryview(data)))
+        return flags, _decode(array_bytes(self._all_sum(byte_array(b"", length))))
 
     def agree_min(self, values: list[int]) -> list[int]:
         """Every rank's `values`, each the least over all ranks."""
@@ -151,7 +166,7 @@ class Channel:
                 mx.eval(out)
         except RuntimeError as exc:
             raise GroupError(f"the group lost a rank: {exc}") from None
-        return [int(v) for v in out.tolist()]
+        return ints(out)
 
 
 class Mirrored:
@@ -348,6 +363,8 @@ class Follower:
         mirrored = Mirrored(insert.id, insert.request, self._channel.digest, None)
         try:
             self._batch.add(mirrored, insert.prompt, insert.max_tokens)
+        except GroupError:
+            raise
         except Exception as exc:  # rank 0 failed the same request the same way
             log.debug("request %d refused here as on rank 0: %s", insert.id, exc)
             return

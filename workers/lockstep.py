@@ -220,6 +220,11 @@ class GroupBatchRunner(BatchRunner):
         super().__init__(model, tokenizer, cache_bytes)
         self._channel = channel
 
+    def fail_all(self, message: str, status: int = 500) -> None:
+        if message.startswith("RuntimeError: [ring]") or "[jaccl]" in message:
+            message = f"the distributed group lost a rank ({message})"
+        super().fail_all(message, status)
+
     def _cached_prefix(self, prompt: list[int]) -> tuple[Any, list[int]]:
         cache, rest = super()._cached_prefix(prompt)
         if self._cache is None:  # off on every rank (the same setting): nothing to agree on

@@ -69,8 +69,10 @@ class Engine:
         adapter_dir: Path | None = None,
         memory_limit: int = 0,
         prompt_cache_bytes: int = 0,
+        prompt_cache_disk: tuple[Path, int] | None = None,
     ) -> None:
         self.model_dir = model_dir
+        self.prompt_cache_disk = prompt_cache_disk  # (folder, bytes): the disk tier
         self.adapter_dir = adapter_dir
         self.memory_limit = memory_limit  # bytes this worker may use; 0: what the OS has free
         self._kv_bytes_per_token = 0
@@ -149,6 +151,12 @@ class Engine:
             self._die(f"model runner failed: {type(exc).__name__}: {exc}")
             return
         self._die(STOPPING, status="stopping")
+        flush = getattr(self._batch, "flush_to_disk", None)
+        if flush is not None:
+            try:
+                flush()  # long prefixes outlive this worker
+            except Exception:
+                log.exception("writing the prompt cache to disk failed")
 
     def _serve(self) -> None:
         from .batching import BatchRunner
@@ -158,7 +166,14 @@ class Engine:
 
             self._batch = VisionRunner(self.model, self.tokenizer)
         elif self.generative:
-            self._batch = BatchRunner(self.model, self.tokenizer, self.prompt_cache_bytes)
+            disk = None
+            if self.prompt_cache_disk is not None and self.prompt_cache_bytes > 0:
+                from .disk_cache import DiskPromptCache
+
+                disk = DiskPromptCache(*self.prompt_cache_disk)
+            self._batch = BatchRunner(
+                self.model, self.tokenizer, self.prompt_cache_bytes, disk=disk
+            )
         while True:
             # Idle: wait for work. Busy: take what has arrived and keep decoding.
             busy = self._batch is not None and self._batch.busy

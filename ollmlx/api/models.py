@@ -16,6 +16,7 @@ from ..acquire.pull import Progress, Puller
 from ..acquire.quantize import convert, quant_bits
 from ..errors import StatusError
 from ..options import check_option
+from ..serving import prompt_disk
 from ..store.aliases import resolve
 from ..store.catalog import Manifest, StoredModel
 from ..store.modelfile import format_parameters, parse_modelfile, render_modelfile
@@ -194,6 +195,7 @@ async def delete(request: web.Request) -> web.Response:
     await ctx.scheduler.retire(stored.name.display, "deleted")
     ctx.store.delete(name)
     log.info("deleted %s", stored.name.display)
+    await asyncio.to_thread(prompt_disk.collect, ctx.settings.models_dir, ctx.store.list())
     return web.Response(status=200)
 
 

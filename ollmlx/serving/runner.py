@@ -69,6 +69,7 @@ class WorkerSpec:
     name: str
     model_dir: Path
     adapter_dir: Path | None = None
+    prompt_cache_dir: Path | None = None  # the disk tier of its prompt cache, if any
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,7 @@ class WorkerConfig:
     max_body: int = 64 << 20  # the worker accepts what the supervisor accepted
     health_interval: float = 2.0  # a silent stream asks the worker this often if it lives
     health_timeout: float = 3.0  # how long that question may take
+    prompt_cache_disk: int = 0  # bytes of the prompt cache's disk tier; 0: off
 
 
 class WorkerProcess:
@@ -153,6 +155,9 @@ class WorkerProcess:
             args += ["--memory-limit", str(config.memory_limit)]
         args += ["--prompt-cache-bytes", str(config.prompt_cache_bytes)]
         args += ["--max-body", str(config.max_body)]
+        if config.prompt_cache_disk and self.spec.prompt_cache_dir is not None:
+            args += ["--prompt-cache-dir", str(self.spec.prompt_cache_dir)]
+            args += ["--prompt-cache-disk", str(config.prompt_cache_disk)]
         # Own session: a terminal's Ctrl-C reaches the supervisor, which stops workers in
         # order. The stdin pipe tells the worker when the supervisor is gone.
         self._proc = await asyncio.create_subprocess_exec(

@@ -97,13 +97,13 @@ async def ps(request: web.Request) -> web.Response:
             RunningModel(
                 name=ref.model.name.display,
                 model=ref.model.name.display,
-                size=ref.memory_bytes,
+                size=ref.held_bytes,
                 digest=ref.model.digest,
                 details=ref.model.manifest.details,
                 expires_at=expires,
                 # Metal's unified memory or CUDA: all of it is the GPU's; MLX on the CPU: none
                 # (`ollama ps` then says 100% CPU).
-                size_vram=0 if ctx.settings.backend == "cpu" else ref.memory_bytes,
+                size_vram=0 if ctx.settings.backend == "cpu" else ref.held_bytes,
                 context_length=num_ctx,
             )
         )

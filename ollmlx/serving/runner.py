@@ -108,7 +108,8 @@ class WorkerProcess:
         self._announced = asyncio.Event()
         self._readers: list[asyncio.Task[None]] = []
         self.port = 0
-        self.memory_bytes = 0
+        self.memory_bytes = 0  # at load: weights (and what loading left allocated)
+        self.held_bytes = 0  # at the last health check: what MLX holds, cache included
         self.context_length = 0
         self.stopping = False  # stop() was called: an exit from now on is expected
 
@@ -227,7 +228,10 @@ class WorkerProcess:
             headers={SECRET_HEADER: self._secret},
             timeout=aiohttp.ClientTimeout(total=timeout),
         ) as response:
-            return health_decoder.decode(await response.read())
+            health = health_decoder.decode(await response.read())
+        if health.status == "ok":
+            self.held_bytes = health.active_bytes + health.cache_bytes
+        return health
 
     async def health_problem(self, timeout: float) -> str | None:
         """None when the worker answers its health check with "ok"; else what is wrong

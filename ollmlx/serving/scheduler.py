@@ -59,7 +59,14 @@ class RunnerRef:
 
     @property
     def memory_bytes(self) -> int:
-        return self.worker.memory_bytes or self.estimate
+        """What the budget counts: the estimate (weights + a full KV cache for the
+        context) until the worker holds more than that."""
+        return max(self.estimate, self.worker.held_bytes, self.worker.memory_bytes)
+
+    @property
+    def held_bytes(self) -> int:
+        """What the worker really holds (its last health check), as /api/ps shows it."""
+        return self.worker.held_bytes or self.worker.memory_bytes or self.estimate
 
     @property
     def loaded(self) -> bool:

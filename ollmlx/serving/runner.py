@@ -282,11 +282,18 @@ class WorkerProcess:
                         break
                     pending += chunk
                     *lines, pending = pending.split(b"\n")
+                    ready = bytearray()  # finished client lines (`stream_as`): not decoded
                     for line in lines:
                         if line.startswith(EVENT_PREFIX):
+                            if ready:
+                                yield bytes(ready)
+                                ready.clear()
                             yield event_decoder.decode(line)
-                        elif line:  # a finished client line (`stream_as`): not decoded
-                            yield line + b"\n"
+                        elif line:
+                            ready += line
+                            ready += b"\n"
+                    if ready:  # the lines that came together go out in one write
+                        yield bytes(ready)
         except aiohttp.ClientConnectorError as exc:
             await self._wait_exit(0.5)  # reaped: the scheduler sees it is gone
             log.warning("worker %s is gone (%s)", self.spec.name, exc)

@@ -62,6 +62,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--memory-limit", type=int, default=0, help="bytes; 0: no limit")
     parser.add_argument("--prompt-cache-bytes", type=int, default=0, help="0: no prompt cache")
     parser.add_argument("--max-body", type=int, default=64 << 20, help="request body limit")
+    parser.add_argument("--prompt-cache-dir", type=Path, default=None, help="the disk tier")
+    parser.add_argument("--prompt-cache-disk", type=int, default=0, help="its bytes; 0: off")
     group = parser.add_argument_group("a rank of a distributed group (under mlx.launch)")
     group.add_argument("--group", choices=("tensor", "pipeline"), default=None)
     group.add_argument("--group-hosts", default="", help="the hostfile's names, by rank")
@@ -97,11 +99,15 @@ def main(argv: list[str] | None = None) -> None:
     exit_when_orphaned(os.getppid(), code=1 if spec else 0)
     if spec and args.supervisor_pid:
         exit_when_gone(args.supervisor_pid, code=1)
+    disk = None
+    if args.prompt_cache_dir is not None and args.prompt_cache_disk > 0:
+        disk = (args.prompt_cache_dir, args.prompt_cache_disk)
     engine = Engine(
         args.model_dir,
         args.adapter_dir,
         args.memory_limit,
         args.prompt_cache_bytes,
+        disk,
         driver=driver,
     )
     ended = asyncio.run(_serve(create_app(engine, secret, args.max_body), engine, args.port))

@@ -27,10 +27,10 @@ class SingleProcess:
         model, tokenizer = load(str(model_dir), adapter_path=adapter)[:2]
         return model, tokenizer
 
-    def runner(self, model: Any, tokenizer: Any, cache_bytes: int) -> Any:
+    def runner(self, model: Any, tokenizer: Any, cache_bytes: int, disk: Any = None) -> Any:
         from .batching import BatchRunner
 
-        return BatchRunner(model, tokenizer, cache_bytes)
+        return BatchRunner(model, tokenizer, cache_bytes, disk=disk)
 
     def close(self) -> None:
         """The engine stops: nothing else to tell."""

@@ -208,7 +208,9 @@ class LockstepDriver(SingleProcess):
             raise GroupError("a model with an adapter cannot be served by a group")
         return self.member.load(model_dir)
 
-    def runner(self, model: Any, tokenizer: Any, cache_bytes: int) -> Any:
+    def runner(self, model: Any, tokenizer: Any, cache_bytes: int, disk: Any = None) -> Any:
+        # `disk` is None: the supervisor gives a group no disk tier (a rank's cache entries
+        # are its shard of them, and ranks on one host would share the folder).
         channel = Channel(self.member.group, Digest())
         batch = GroupBatchRunner(model, tokenizer, cache_bytes, channel)
         self._leader = Leader(channel, batch, self.spec.timeout)

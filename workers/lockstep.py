@@ -83,6 +83,13 @@ def ints(array: Any) -> list[int]:
     return [int(v) for v in values]
 
 
+def _clear_cache() -> None:
+    import mlx.core as mx
+
+    if mx.get_cache_memory():
+        mx.clear_cache()
+
+
 class Digest:
     """A running hash of the events one rank's batch produced, in order."""
 
@@ -360,6 +367,8 @@ class Follower:
                         self._jobs[ident].cancelled.set()
                 if flags & ADVANCE:
                     self._batch.step()
+            if not self._batch.busy:
+                _clear_cache()  # idle, as rank 0 does: give MLX's freed buffers back
             self._jobs = {
                 i: m for i, m in self._jobs.items() if not m.ended and not m.cancelled.is_set()
             }

@@ -16,6 +16,7 @@ from ..acquire.pull import Progress, Puller
 from ..acquire.quantize import convert, quant_bits
 from ..errors import StatusError
 from ..options import check_parameter
+from ..serving import prompt_disk
 from ..serving.group import GroupPlan, check_distributed, plan_group
 from ..store.aliases import resolve
 from ..store.catalog import Manifest, StoredModel
@@ -98,7 +99,7 @@ async def ps(request: web.Request) -> web.Response:
         )
         plan = ref.worker.spec.group
         # A group: this machine's share plus what the other hosts hold.
-        size = ref.memory_bytes + sum(ref.worker.rank_memory[1:])
+        size = ref.held_bytes + sum(ref.worker.rank_memory[1:])
         running.append(
             RunningModel(
                 name=ref.model.name.display,
@@ -225,6 +226,7 @@ async def delete(request: web.Request) -> web.Response:
     await ctx.scheduler.retire(stored.name.display, "deleted")
     ctx.store.delete(name)
     log.info("deleted %s", stored.name.display)
+    await asyncio.to_thread(prompt_disk.collect, ctx.settings.models_dir, ctx.store.list())
     return web.Response(status=200)
 
 

@@ -135,6 +135,15 @@ class GroupProcess(WorkerProcess):
         self.rank_pids: dict[int, int] = {}
         self._remote_kill: asyncio.Future[None] | None = None
 
+    def environment(self) -> dict[str, str]:
+        env = super().environment()
+        local = sum(1 for h in self.plan.hostfile.hosts if h.local)
+        if local > 1 and "OPENBLAS_NUM_THREADS" not in env:
+            # Ranks on one machine share its cores: unbounded, each one's BLAS threads
+            # (which spin after every call) hold the cores the other ranks wait for.
+            env["OPENBLAS_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // local))
+        return env
+
     def command(self) -> list[str]:
         plan = self.plan
         fd, path = tempfile.mkstemp(prefix="ollmlx-hosts-", suffix=".json")

@@ -308,8 +308,8 @@ def test_killing_the_supervisor_leaves_no_rank_alive(failing_server: Server) -> 
 
 FAKE_SSH = """#!/usr/bin/env bash
 # A stand-in for ssh to another machine: runs the command here, where that "machine"
-# sees the model store through FAKE_SSH_TO instead of FAKE_SSH_FROM. Like `ssh -tt`,
-# it merges the remote command's stderr into its stdout.
+# sees the model store through FAKE_SSH_TO instead of FAKE_SSH_FROM and has its own
+# environment (FAKE_SSH_FAULT). Like `ssh -tt`, it merges the command's stderr into stdout.
 while [ $# -gt 0 ]; do
   case "$1" in
     -o) shift 2 ;;
@@ -321,49 +321,67 @@ host=$1; shift
 cmd="$*"
 cmd=${cmd//stty -echo; /}
 cmd=${cmd//$FAKE_SSH_FROM/$FAKE_SSH_TO}
+export OLLMLX_TEST_FAULT="$FAKE_SSH_FAULT"
 exec bash -c "$cmd" 2>&1
 """
 
 
-def test_a_missing_model_file_on_a_host_names_the_host_and_the_file(
-    tmp_path: Path, qwen2_dir: Path
-) -> None:
-    bin_dir = tmp_path / "bin"
+@pytest.fixture(scope="module")
+def two_hosts(tmp_path_factory: pytest.TempPathFactory, qwen2_dir: Path) -> Iterator[Server]:
+    """Rank 1 on "otherhost", reached through ssh (a fake one: see FAKE_SSH), with a store
+    of its own at the same path, and a test fault that only it has."""
+    tmp = tmp_path_factory.mktemp("group-two-hosts")
+    bin_dir = tmp / "bin"
     bin_dir.mkdir()
     (bin_dir / "ssh").write_text(FAKE_SSH)
     (bin_dir / "ssh").chmod(0o755)
-    elsewhere = tmp_path / "otherhost"
     far = {"ssh": "otherhost", "ips": ["127.0.0.1"]}
-    hostfile = write_hostfile(tmp_path / "hosts.json", LOOPBACK, far)
+    hostfile = write_hostfile(tmp / "hosts.json", LOOPBACK, far)
     server = start_server(
-        tmp_path,
+        tmp,
         OLLMLX_HOSTFILE=str(hostfile),
         PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
-        FAKE_SSH_FROM=str(tmp_path / "models"),
-        FAKE_SSH_TO=str(elsewhere),
+        FAKE_SSH_FROM=str(tmp / "models"),
+        FAKE_SSH_TO=str(tmp / "otherhost"),
+        FAKE_SSH_FAULT="advance:DISAGREE",
     )
-    try:
-        with server.client() as client:
-            client.create(model="g", from_=str(qwen2_dir), parameters={"distributed": "pipeline"})
-            # The other host has the model's folder, but not its weights.
-            shutil.copytree(server.models_dir / "weights", elsewhere / "weights")
-            weights = next((elsewhere / "weights").glob("*/model.safetensors"))
-            weights.unlink()
-            with pytest.raises(ollama.ResponseError) as raised:
-                client.generate(model="g", prompt="hi", options={"num_predict": 2})
-            message = raised.value.error
-            assert "host otherhost (rank 1)" in message
-            assert "missing model file(s)" in message and "model.safetensors" in message
-            assert "rank 0" not in message
-            assert wait_for(lambda: gone(group_processes(server)), 20)
-            # Copied there (as `mlx_lm.share` or rsync would): the group serves.
-            shutil.copy(server.models_dir / "weights" / weights.parent.name / weights.name, weights)
-            assert wait_for(lambda: _generates(client), 30)
-            group = group_processes(server)
-        server.stop()
-        assert wait_for(lambda: gone(group), 20)
-    finally:
-        server.stop()
+    with server.client() as client:
+        client.create(model="g", from_=str(qwen2_dir), parameters={"distributed": "pipeline"})
+    yield server
+    group = group_processes(server)
+    server.stop()
+    assert wait_for(lambda: gone(group), 20)  # the "remote" rank too
+
+
+def test_a_missing_model_file_on_a_host_names_the_host_and_the_file(two_hosts: Server) -> None:
+    # The other host has the model's folder, but not its weights.
+    elsewhere = two_hosts.models_dir.parent / "otherhost"
+    shutil.copytree(two_hosts.models_dir / "weights", elsewhere / "weights")
+    weights = next((elsewhere / "weights").glob("*/model.safetensors"))
+    weights.unlink()
+    with two_hosts.client() as client:
+        with pytest.raises(ollama.ResponseError) as raised:
+            client.generate(model="g", prompt="hi", options={"num_predict": 2})
+        message = raised.value.error
+        assert "host otherhost (rank 1)" in message
+        assert "missing model file(s)" in message and "model.safetensors" in message
+        assert "rank 0" not in message
+        assert wait_for(lambda: gone(group_processes(two_hosts)), 20)
+        # Copied there (as `mlx_lm.share` or rsync would): the group serves.
+        shutil.copy(two_hosts.models_dir / "weights" / weights.parent.name / weights.name, weights)
+        assert wait_for(lambda: _generates(client), 30)
+
+
+def test_a_rank_that_computes_other_tokens_takes_the_group_down(two_hosts: Server) -> None:
+    with two_hosts.client() as client:
+        assert wait_for(lambda: _generates(client), 30)
+        group = group_processes(two_hosts)
+        # Only rank 1 fails this request (its test fault): its events differ from rank
+        # 0's, and the next step's digests say so.
+        with pytest.raises(ollama.ResponseError) as raised:
+            client.generate(model="g", prompt="DISAGREE", options={"num_predict": 8})
+    assert "rank(s) 1 computed other tokens than rank 0" in raised.value.error
+    assert wait_for(lambda: gone(group), 20)
 
 
 def _generates(client: ollama.Client) -> bool:

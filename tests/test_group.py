@@ -267,8 +267,8 @@ def test_a_killed_rank_ends_the_stream_with_an_error_and_the_next_request_relaun
     assert len(before) == 3  # mlx.launch, rank 0, rank 1
     tokens, error = stream_until_broken(failing_server, lambda rank: rank.kill())
     assert tokens >= 5
-    # The ring's own words, or the connection to rank 0 closing first (it is stopped by
-    # mlx.launch as soon as rank 1 is gone).
+    # The ring's own words (from the model's collectives or from lockstep's), or the
+    # connection to rank 0 closing first (mlx.launch stops it as soon as rank 1 is gone).
     assert "the distributed group lost a rank" in error or "unexpectedly stopped" in error
     assert wait_for(lambda: gone(before), 30)  # every rank and the launcher, reaped
     with failing_server.client() as client:

@@ -126,7 +126,7 @@ class Channel:
                 out = mx.distributed.all_sum(values, group=self.group)
                 mx.eval(out)
         except RuntimeError as exc:  # the ring backend: "connection to a peer was lost"
-            raise GroupError(f"the group lost a rank: {exc}") from None
+            raise GroupError(f"the distributed group lost a rank ({exc})") from None
         return out
 
     def _header(self, length: int, flags: int) -> tuple[int, int]:
@@ -172,7 +172,7 @@ class Channel:
                 out = mx.distributed.all_min(mx.array(values, dtype=mx.int64), group=self.group)
                 mx.eval(out)
         except RuntimeError as exc:
-            raise GroupError(f"the group lost a rank: {exc}") from None
+            raise GroupError(f"the distributed group lost a rank ({exc})") from None
         return ints(out)
 
 

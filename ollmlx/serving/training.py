@@ -152,6 +152,7 @@ class _Running:
     total: int = 0
     checkpoint: int = 0  # the iteration of its last checkpoint (0: none yet)
     stop_reason: str = ""  # set when the server (not the job) decided it must stop
+    cancelled: bool = False  # its consumer left and the job was stopped
 
     def describe(self) -> str:
         if self.total:
@@ -190,6 +191,8 @@ class Trainer:
             async with self._scheduler.reserve(f"the fine-tuning job for {req.name}", req.estimate):
                 job = await asyncio.to_thread(self._prepare, req)
                 job_dir = Path(job.job_dir)
+                if job.resume:
+                    running.checkpoint = _saved_iteration(job_dir)
                 success: dict[str, Any] = {}
                 async with contextlib.aclosing(self._train(running, job)) as lines:
                     async for line in lines:
@@ -214,6 +217,16 @@ class Trainer:
                 await asyncio.to_thread(_clean, job_dir, installed)
             self._running = None
             self._idle.set()
+            if running.cancelled:  # logged once the folder is clean and the slot free
+                log.info(
+                    "fine-tuning job for %s cancelled at iteration %d (exit code %s); %s",
+                    running.name,
+                    running.iteration,
+                    running.proc.returncode if running.proc else None,
+                    f"its checkpoint at iteration {running.checkpoint} stays for resume"
+                    if running.checkpoint
+                    else "no checkpoint kept",
+                )
 
     def cancel(self, reason: str) -> None:
         """Stop the running job (the server shuts down); its stream ends with an error."""
@@ -292,7 +305,7 @@ class Trainer:
             code = await proc.wait()
         finally:
             if proc.returncode is None:  # the consumer left: stop the job, wait for it
-                await asyncio.shield(asyncio.ensure_future(self._stop(running, job)))
+                await asyncio.shield(asyncio.ensure_future(self._stop(running)))
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(asyncio.shield(reader), 1.0)
             reader.cancel()
@@ -308,7 +321,7 @@ class Trainer:
             return
         raise _failure(running, code, last, tail)
 
-    async def _stop(self, running: _Running, job: Job) -> None:
+    async def _stop(self, running: _Running) -> None:
         """Cancel the job, read its last lines, and kill it if it does not stop in time."""
         proc = running.proc
         assert proc is not None and proc.stdout is not None
@@ -329,14 +342,7 @@ class Trainer:
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
             await proc.wait()
-        saved = f"checkpoint at iteration {running.checkpoint}" if running.checkpoint else "none"
-        log.info(
-            "fine-tuning job for %s cancelled at iteration %d (exit code %s); checkpoint: %s",
-            running.name,
-            running.iteration,
-            proc.returncode,
-            saved,
-        )
+        running.cancelled = True
 
     async def _install(self, req: TrainingRequest, job: Job, success: dict[str, Any]) -> None:
         output = Path(job.output)
@@ -431,6 +437,14 @@ async def _read_stderr(
         text = raw.decode(errors="replace").rstrip()
         tail.append(text)
         log.debug("[finetune %s] %s", name, text)
+
+
+def _saved_iteration(job_dir: Path) -> int:
+    """The iteration of the checkpoint an earlier run left (0: none)."""
+    try:
+        return int(json.loads((job_dir / "checkpoint.json").read_text())["iteration"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
 
 
 def _remove_partials(job_dir: Path) -> None:

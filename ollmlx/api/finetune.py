@@ -234,7 +234,7 @@ async def _statuses(
     """The job's lines in the route's shape (unknown fields dropped)."""
     async with contextlib.aclosing(events):
         async for line in events:
-            yield msgspec.convert(line, FinetuneStatus)
+            yield msgspec.convert(line, FinetuneStatus, strict=False)
 
 
 def setup(app: web.Application) -> None:

@@ -85,6 +85,7 @@ class FinetuneView:
         self.checkpoint = 0  # the last checkpoint's iteration: what --resume continues from
         self._mark: tuple[float, int] | None = None  # (time, iteration) of a recent report
         self.rate = 0.0  # iterations per second, smoothed
+        self._report: tuple[int, float | None] = (0, None)  # the last (iteration, loss)
 
     def handle(self, part: dict[str, Any], now: float | None = None) -> None:
         now = time.monotonic() if now is None else now
@@ -93,6 +94,8 @@ class FinetuneView:
             self._training(part, now)
         elif status == "validating":
             self.val_loss = part.get("val_loss")
+            if self.live and self.bar:  # the report came first: show its validation too
+                self._draw(self._render())
         elif status == "checkpoint":
             self.checkpoint = int(part.get("iteration") or 0)
         elif status == "data":
@@ -113,15 +116,22 @@ class FinetuneView:
             instant = (iteration - self._mark[1]) / (now - self._mark[0])
             self.rate = 0.7 * self.rate + 0.3 * instant if self.rate else instant
         self._mark = (now, iteration)
-        self.bar = render_bar(
-            iteration, self.total, part.get("train_loss"), self.val_loss, self.rate
-        )
+        self._report = (iteration, part.get("train_loss"))
         if self.live:
-            columns = shutil.get_terminal_size((100, 24)).columns
-            self.out.write("\r\x1b[2K" + self.bar[: columns - 1])
-            self.out.flush()
+            self._draw(self._render())
         else:
+            self.bar = self._render()
             print(self.bar, file=self.out)
+
+    def _render(self) -> str:
+        iteration, loss = self._report
+        return render_bar(iteration, self.total, loss, self.val_loss, self.rate)
+
+    def _draw(self, bar: str) -> None:
+        self.bar = bar
+        columns = shutil.get_terminal_size((100, 24)).columns
+        self.out.write("\r\x1b[2K" + bar[: columns - 1])
+        self.out.flush()
 
     def _line(self, text: str) -> None:
         if self.live and self.bar:
@@ -243,7 +253,12 @@ def cmd_finetune(client: Client, args: argparse.Namespace) -> None:
     except KeyboardInterrupt:
         parts.close()  # the connection closes: the server cancels the job
         view.close()
-        hint = f": --resume continues from iteration {view.checkpoint}" if view.checkpoint else ""
+        # The job may save another checkpoint before it stops: this one is the least.
+        hint = (
+            f": --resume continues from its last checkpoint (iteration {view.checkpoint} or later)"
+            if view.checkpoint
+            else ""
+        )
         print(f"cancelled{hint}", file=sys.stderr)
         raise
     finally:

@@ -54,7 +54,7 @@ def post(server: Server, request: dict) -> tuple[int, str]:
 
 
 def test_a_client_that_leaves_cancels_the_job_and_resume_continues(job_server: Server):
-    request = body("resumed", **{**LONG, "iters": 400, "save_every": 10})
+    request = body("resumed", **{**LONG, "iters": 200, "save_every": 10})
     with httpx.stream(
         "POST", job_server.url + "/api/finetune", json=request, timeout=60
     ) as response:
@@ -70,7 +70,7 @@ def test_a_client_that_leaves_cancels_the_job_and_resume_continues(job_server: S
     )
     assert time.monotonic() - left < 5
     stopped, saved = int(cancelled[1]), int(cancelled[2])
-    assert saved % 10 == 0 and 10 <= saved <= stopped < 400
+    assert saved % 10 == 0 and 10 <= saved <= stopped < 200
     assert not job_processes(job_server)
     with job_server.client() as client:
         assert "resumed:latest" not in [m.model for m in client.list().models]
@@ -82,11 +82,11 @@ def test_a_client_that_leaves_cancels_the_job_and_resume_continues(job_server: S
 
     lines = finetune(job_server, {**request, "resume": True})
     training = of(lines, "training")
-    assert training[0]["iteration"] == saved + 1 and training[-1]["iteration"] == 400
-    assert lines[-1]["resumed_from"] == saved and lines[-1]["iterations"] == 400
+    assert training[0]["iteration"] == saved + 1 and training[-1]["iteration"] == 200
+    assert lines[-1]["resumed_from"] == saved and lines[-1]["iterations"] == 200
     assert job_folders(job_server) == []
     with job_server.client() as client:
-        assert client.show("resumed").modelinfo["ollmlx.finetune.iterations"] == 400
+        assert client.show("resumed").modelinfo["ollmlx.finetune.iterations"] == 200
 
 
 def test_one_job_at_a_time_while_other_models_keep_serving(job_server: Server):
@@ -117,6 +117,16 @@ def test_one_job_at_a_time_while_other_models_keep_serving(job_server: Server):
         400,
         "batch_size 9 is more than the 4 training records",
     )
+
+
+def test_a_client_that_gives_up_on_an_unstreamed_job_cancels_it(job_server: Server):
+    request = body("patient", **LONG, save_every=10**6, stream=False)
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(job_server.url + "/api/finetune", json=request, timeout=4)
+    logged(job_server, r"fine-tuning job for patient:latest cancelled at iteration \d+")
+    assert not job_processes(job_server) and job_folders(job_server) == []
+    with job_server.client() as client:
+        assert "patient:latest" not in [m.model for m in client.list().models]
 
 
 def supervisor_estimate(model_dir: Path, **fields: object) -> int:

@@ -417,7 +417,8 @@ def _failure(
     else:
         said = " | ".join(list(tail)[-3:])
         error = StatusError(f"the fine-tuning job exited with code {code}: {said or 'no output'}")
-    log.warning("fine-tuning job for %s failed: %s", running.name, error.message)
+    level = logging.INFO if error.status < 500 else logging.WARNING  # 4xx: the request's fault
+    log.log(level, "fine-tuning job for %s failed: %s", running.name, error.message)
     return error
 
 

@@ -68,7 +68,7 @@ def test_a_client_that_leaves_cancels_the_job_and_resume_continues(job_server: S
         r"fine-tuning job for resumed:latest cancelled at iteration (\d+) \(exit code 130\);"
         r" its checkpoint at iteration (\d+) stays for resume",
     )
-    assert time.monotonic() - left < 5
+    assert time.monotonic() - left < 10  # it stops at its next iteration; 2 cores are slow
     stopped, saved = int(cancelled[1]), int(cancelled[2])
     assert saved % 10 == 0 and 10 <= saved <= stopped < 200
     assert not job_processes(job_server)
@@ -179,6 +179,10 @@ def test_idle_models_are_evicted_to_make_room_for_a_job(
                 " roomy:latest"
             )
             assert evicted < log.index("spawned fine-tuning job")
+            # Once the job has counted its tokens, its own estimate replaces the guess.
+            held = format_bytes(of(lines, "data")[0]["memory_estimate"])
+            guess = format_bytes(estimate)
+            assert f"held by the fine-tuning job for roomy:latest: {held}, was {guess}" in log
             # After the job the model loads again.
             assert client.generate(model="roomy", prompt="hi", options={"num_predict": 2}).done
     finally:

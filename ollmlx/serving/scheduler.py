@@ -174,6 +174,23 @@ class Scheduler:
             async with self._changed:
                 self._changed.notify_all()
 
+    async def resize(self, held: Reservation, size: int) -> None:
+        """Correct a held reservation to a better estimate (a job's own, once it counted
+        its tokens). Less frees room for waiting loads; more evicts idle models until the
+        total fits again, but never waits: the work is already running."""
+        async with self._changed:
+            if held not in self._reservations or size == held.size:
+                return
+            log.info("memory held by %s: %s, was %s", held.name, _size(size), _size(held.size))
+            held.size = size
+            refs = [*self._runners.values(), *self._retired]
+            excess = sum(r.memory_bytes for r in refs) + self._reserved()
+            excess -= self._settings.memory_budget
+            while excess > 0 and (victim := self._find_runner_to_unload()) is not None:
+                self._stop_later(victim, f"evicted to make room for {held.name}")
+                excess -= victim.memory_bytes
+            self._changed.notify_all()
+
     async def unload(self, name: str) -> bool:
         """`keep_alive: 0` / `ollmlx stop`: unload as soon as the last request ends."""
         async with self._changed:

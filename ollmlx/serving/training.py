@@ -3,7 +3,8 @@
 One job runs at a time; a second request is a 503. The job program
 (`python -m ollmlx_worker.training JOB.json`, MLX on its main thread) runs in its own
 process and writes JSON status lines, relayed here as they come. While it runs, the job
-holds its memory estimate of the budget (`Scheduler.reserve`), as a loaded model would.
+holds its memory estimate of the budget (`Scheduler.reserve`), as a loaded model would:
+first the supervisor's guess from the data's bytes, then the job's own from its tokens.
 
 The request's life is the job's: when the consumer of `Trainer.run` goes (the client
 disconnected, the server shuts down), the job is told to stop (stdin closed, SIGTERM) and
@@ -188,7 +189,8 @@ class Trainer:
         job_dir: Path | None = None
         install: asyncio.Future[None] | None = None
         try:
-            async with self._scheduler.reserve(f"the fine-tuning job for {req.name}", req.estimate):
+            name = f"the fine-tuning job for {req.name}"
+            async with self._scheduler.reserve(name, req.estimate) as held:
                 job = await asyncio.to_thread(self._prepare, req)
                 job_dir = Path(job.job_dir)
                 if job.resume:
@@ -198,8 +200,11 @@ class Trainer:
                     async for line in lines:
                         if line["status"] == "success":
                             success = line
-                        else:
-                            yield line
+                            continue
+                        if line["status"] == "data" and line.get("memory_estimate"):
+                            # The job's estimate counts real tokens; the reservation guessed.
+                            await self._scheduler.resize(held, int(line["memory_estimate"]))
+                        yield line
             yield {"status": "writing manifest"}
             # Shielded: training is done, so a client leaving now does not undo it.
             install = asyncio.ensure_future(self._install(req, job, success))

@@ -323,3 +323,26 @@ async def test_a_cancelled_wait_for_memory_holds_nothing() -> None:
             await waiting
     await asyncio.wait_for(h.scheduler.load(model("b"), None, 40), 2)  # room is all free
     assert not h.workers_of("a")[0].stopping
+
+
+async def test_a_smaller_reservation_lets_a_waiting_load_in() -> None:
+    h = Harness(memory_budget=150)
+    async with h.scheduler.reserve("the job", 100) as held:
+        loading = asyncio.ensure_future(h.scheduler.load(model("a"), None, 100))
+        await asyncio.sleep(0.05)
+        assert not loading.done()
+        await h.scheduler.resize(held, 40)  # the job's own, better estimate
+        await asyncio.wait_for(loading, 2)
+        assert held.size == 40
+
+
+async def test_a_larger_reservation_evicts_idle_models_without_waiting() -> None:
+    h = Harness(memory_budget=300)
+    for name in ("a", "b"):
+        await h.scheduler.load(model(name), None, 100)
+    async with h.scheduler.use(model("b"), None, 100):  # b is busy: it stays
+        async with h.scheduler.reserve("the job", 50) as held:
+            await asyncio.wait_for(h.scheduler.resize(held, 250), 1)
+            (a,), (b,) = h.workers_of("a"), h.workers_of("b")
+            await eventually(lambda: a.has_exited)
+            assert not b.stopping  # over budget until b's request ends; nothing waits

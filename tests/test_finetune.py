@@ -258,6 +258,7 @@ def test_bad_requests_are_4xx_before_any_job(ft_server: Server):
         ({"model": "x", "data": text_records()}, 400, '"from" is required: the model to fine-tune'),
         (body("x", **{"from": "nope"}), 404, "model 'nope' not found"),
         (body("bad name!"), 400, "invalid model name"),
+        (body(""), 400, "model is required: the new model's name"),
         (body("x", method="qlora"), 400, "Invalid enum value 'qlora' - at `$.method`"),
         (body("x", iters=0), 400, "iters must be at least 1, got 0"),
         (body("x", iters=5, epochs=1), 400, "give iters or epochs, not both"),

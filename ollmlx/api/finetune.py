@@ -121,6 +121,8 @@ async def finetune(request: web.Request) -> web.StreamResponse:
     ctx = request.app[CONTEXT]
     trainer = request.app[TRAINER]
     req: FinetuneRequest = await read_body(request, _decoder)
+    if not req.model:
+        raise StatusError("model is required: the new model's name", 400)
     try:
         name = parse_name(req.model).display
     except StatusError:

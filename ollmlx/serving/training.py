@@ -7,8 +7,8 @@ holds its memory estimate of the budget (`Scheduler.reserve`), as a loaded model
 first the supervisor's guess from the data's bytes, then the job's own from its tokens.
 
 The request's life is the job's: when the consumer of `Trainer.run` goes (the client
-disconnected, the server shuts down), the job is told to stop (stdin closed, SIGTERM) and
-does so at its next iteration boundary. Its checkpoint stays in the job folder for a
+disconnected, the server shuts down), the job is told to stop and does so at its next
+iteration boundary (`training_process`). Its checkpoint stays in the job folder for a
 `resume`; no result and no half-written file is left. On success the result is installed
 as a new model (`Store.install_derived`) and the job folder removed.
 
@@ -21,17 +21,12 @@ and `fuse`, `quantize` and the reporting cadence may change.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import hashlib
 import json
 import logging
-import os
 import re
 import shutil
-import signal
-import sys
-import time
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,18 +37,14 @@ import msgspec
 from ..config import Settings
 from ..errors import StatusError
 from ..finetune_data import TrainingData
-from ..finetune_memory import format_bytes
-from ..finetune_plan import EXIT_CANCELLED, Job, Plan
+from ..finetune_plan import Job, Plan
 from ..store.catalog import Store, StoredModel
-from .runner import with_openblas
 from .scheduler import Scheduler
+from .training_process import STOP_TIMEOUT, JobState, relay, request_stop
 
 log = logging.getLogger("ollmlx.training")
 
 JOBS_DIR = "ollmlx-jobs"
-# A stopped job ends at its next iteration boundary; one that takes longer is killed.
-STOP_TIMEOUT = 60.0
-LINE_LIMIT = 1 << 20  # bytes of one status line (asyncio's default is 64 KiB)
 # Plan values that decide what a checkpoint holds and how training continues from it.
 KEY_FIELDS = (
     "method",
@@ -67,19 +58,6 @@ KEY_FIELDS = (
     "mask_prompt",
     "seed",
     "continues_adapter",
-)
-# The job's status lines that go on to the client as they come.
-RELAYED = frozenset(
-    {
-        "loading base",
-        "data",
-        "validating",
-        "training",
-        "checkpoint",
-        "writing adapter",
-        "fusing",
-        "writing model",
-    }
 )
 
 
@@ -143,24 +121,6 @@ def show_info(req: TrainingRequest, success: dict[str, Any]) -> dict[str, Any]:
     return {f"ollmlx.finetune.{k}": v for k, v in info.items() if v is not None}
 
 
-@dataclass
-class _Running:
-    """The one job in progress."""
-
-    name: str
-    proc: asyncio.subprocess.Process | None = None
-    iteration: int = 0
-    total: int = 0
-    checkpoint: int = 0  # the iteration of its last checkpoint (0: none yet)
-    stop_reason: str = ""  # set when the server (not the job) decided it must stop
-    cancelled: bool = False  # its consumer left and the job was stopped
-
-    def describe(self) -> str:
-        if self.total:
-            return f"{self.name}, iteration {self.iteration} of {self.total}"
-        return f"{self.name}, starting"
-
-
 class Trainer:
     """Runs fine-tuning jobs, one at a time, against the scheduler's memory budget."""
 
@@ -169,7 +129,7 @@ class Trainer:
         self._store = store
         self._scheduler = scheduler
         self.jobs_dir = settings.models_dir / JOBS_DIR
-        self._running: _Running | None = None
+        self._running: JobState | None = None
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -184,7 +144,7 @@ class Trainer:
         data cannot be trained). Closing this iterator cancels the job."""
         if self._running is not None:
             raise TrainingBusy(self._running.describe())
-        running = self._running = _Running(req.name)  # claimed before any await
+        running = self._running = JobState(req.name)  # claimed before any await
         self._idle.clear()
         job_dir: Path | None = None
         install: asyncio.Future[None] | None = None
@@ -196,7 +156,9 @@ class Trainer:
                 if job.resume:
                     running.checkpoint = _saved_iteration(job_dir)
                 success: dict[str, Any] = {}
-                async with contextlib.aclosing(self._train(running, job)) as lines:
+                job_file = job_dir / "job.json"
+                use_openblas = not self._settings.no_openblas
+                async with contextlib.aclosing(relay(running, job_file, use_openblas)) as lines:
                     async for line in lines:
                         if line["status"] == "success":
                             success = line
@@ -235,12 +197,8 @@ class Trainer:
 
     def cancel(self, reason: str) -> None:
         """Stop the running job (the server shuts down); its stream ends with an error."""
-        running = self._running
-        if running is None or running.proc is None or running.proc.returncode is not None:
-            return
-        running.stop_reason = reason
-        log.info("stopping the fine-tuning job for %s: %s", running.name, reason)
-        _signal_stop(running.proc)
+        if self._running is not None:
+            request_stop(self._running, reason)
 
     async def close(self) -> None:
         """App cleanup: cancel the running job and wait until it is gone."""
@@ -269,86 +227,6 @@ class Trainer:
         (job_dir / "job.json").write_bytes(msgspec.json.encode(job))
         return job
 
-    async def _spawn(self, job: Job, name: str) -> asyncio.subprocess.Process:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"}
-        if not self._settings.no_openblas:
-            env = with_openblas(env)
-        # Own session: a terminal's Ctrl-C reaches the supervisor, which stops the job in
-        # order. The stdin pipe stays open: closing it is how the job is told to stop.
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "ollmlx_worker.training",
-            str(Path(job.job_dir) / "job.json"),
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env=env,
-            start_new_session=True,
-            limit=LINE_LIMIT,
-        )
-        log.info("spawned fine-tuning job pid=%d for %s", proc.pid, name)
-        return proc
-
-    async def _train(self, running: _Running, job: Job) -> AsyncGenerator[dict[str, Any], None]:
-        """The job's status lines as they come, the last one its success."""
-        proc = running.proc = await self._spawn(job, running.name)
-        tail: collections.deque[str] = collections.deque(maxlen=20)
-        reader = asyncio.ensure_future(_read_stderr(proc, tail, running.name))
-        started = time.monotonic()
-        last: dict[str, Any] = {}
-        try:
-            assert proc.stdout is not None
-            async for raw in proc.stdout:
-                line = _parse(raw)
-                if line is None:
-                    continue
-                last = line
-                _track(running, line)
-                if line["status"] in RELAYED:
-                    yield line
-            code = await proc.wait()
-        finally:
-            if proc.returncode is None:  # the consumer left: stop the job, wait for it
-                await asyncio.shield(asyncio.ensure_future(self._stop(running)))
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(asyncio.shield(reader), 1.0)
-            reader.cancel()
-        if code == 0 and last.get("status") == "success":
-            log.info(
-                "fine-tuning job for %s finished %d iterations in %.1fs (peak memory %s)",
-                running.name,
-                running.total,
-                time.monotonic() - started,
-                format_bytes(int(last.get("peak_memory") or 0)),
-            )
-            yield last
-            return
-        raise _failure(running, code, last, tail)
-
-    async def _stop(self, running: _Running) -> None:
-        """Cancel the job, read its last lines, and kill it if it does not stop in time."""
-        proc = running.proc
-        assert proc is not None and proc.stdout is not None
-        _signal_stop(proc)
-
-        async def drain() -> None:
-            assert proc.stdout is not None
-            async for raw in proc.stdout:
-                line = _parse(raw)
-                if line is not None:
-                    _track(running, line)
-            await proc.wait()
-
-        try:
-            await asyncio.wait_for(drain(), STOP_TIMEOUT)
-        except asyncio.TimeoutError:
-            log.warning("fine-tuning job pid=%d ignored the cancel; killing it", proc.pid)
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            await proc.wait()
-        running.cancelled = True
-
     async def _install(self, req: TrainingRequest, job: Job, success: dict[str, Any]) -> None:
         output = Path(job.output)
         kind = {"weights": output} if success.get("result") == "model" else {"adapter": output}
@@ -374,75 +252,6 @@ _SUMMARY = (
     "memory_estimate",  # the job's, with the real token counts (the reservation's is a guess)
     "elapsed",
 )
-
-
-def _parse(raw: bytes) -> dict[str, Any] | None:
-    """One status line from the job; None for anything that is not one."""
-    try:
-        line = json.loads(raw)
-    except ValueError:
-        return None
-    return line if isinstance(line, dict) and isinstance(line.get("status"), str) else None
-
-
-def _track(running: _Running, line: dict[str, Any]) -> None:
-    status = line["status"]
-    if status == "data":
-        running.total = int(line.get("iters") or 0)
-    elif status == "training":
-        running.iteration = int(line.get("iteration") or 0)
-        running.total = int(line.get("total") or running.total)
-    elif status == "checkpoint":
-        running.checkpoint = int(line.get("iteration") or 0)
-    elif status == "cancelled":
-        running.iteration = int(line.get("iteration") or running.iteration)
-
-
-def _failure(
-    running: _Running, code: int, last: dict[str, Any], tail: collections.deque[str]
-) -> StatusError:
-    """Why a job ended without a result, as the error its request answers with."""
-    resume = (
-        f"; repeat the request with resume: true to continue from iteration {running.checkpoint}"
-        if running.checkpoint
-        else ""
-    )
-    if last.get("status") == "error":
-        error = StatusError(str(last.get("error")), int(last.get("code") or 500))
-    elif code == EXIT_CANCELLED or last.get("status") == "cancelled":
-        reason = running.stop_reason or str(last.get("reason") or "cancelled")
-        error = StatusError(
-            f"the fine-tuning job stopped at iteration {running.iteration} ({reason}){resume}",
-            503 if running.stop_reason else 500,
-        )
-    elif code < 0:
-        name = signal.Signals(-code).name if -code in signal.valid_signals() else str(-code)
-        hint = " (out of memory?)" if code == -signal.SIGKILL else ""
-        error = StatusError(f"the fine-tuning job was killed by {name}{hint}{resume}")
-    else:
-        said = " | ".join(list(tail)[-3:])
-        error = StatusError(f"the fine-tuning job exited with code {code}: {said or 'no output'}")
-    level = logging.INFO if error.status < 500 else logging.WARNING  # 4xx: the request's fault
-    log.log(level, "fine-tuning job for %s failed: %s", running.name, error.message)
-    return error
-
-
-def _signal_stop(proc: asyncio.subprocess.Process) -> None:
-    """Both of the job's cancel signals: its stdin closes, and SIGTERM."""
-    if proc.stdin is not None and not proc.stdin.is_closing():
-        proc.stdin.close()
-    with contextlib.suppress(ProcessLookupError):
-        proc.send_signal(signal.SIGTERM)
-
-
-async def _read_stderr(
-    proc: asyncio.subprocess.Process, tail: collections.deque[str], name: str
-) -> None:
-    assert proc.stderr is not None
-    while raw := await proc.stderr.readline():
-        text = raw.decode(errors="replace").rstrip()
-        tail.append(text)
-        log.debug("[finetune %s] %s", name, text)
 
 
 def _saved_iteration(job_dir: Path) -> int:

@@ -14,6 +14,7 @@ per-sequence cache joins a batch through `BatchGenerator`'s usual `_merge_caches
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import mlx.core as mx
@@ -21,24 +22,11 @@ from mlx.utils import tree_map
 from mlx_lm.models.base import create_causal_mask
 from mlx_lm.models.cache import KVCache, QuantizedKVCache, _BaseCache, dynamic_roll
 
+from ollmlx.config import KV_CACHE_BITS, kv_group_size
+
+log = logging.getLogger("ollmlx.worker")
+
 Triple = tuple[mx.array, mx.array, mx.array]
-
-# Ollama's names (fs/ggml/ggml.go SupportsKVCacheType) -> bits of mlx-lm's quantized cache.
-KV_CACHE_BITS = {"f16": 0, "q8_0": 8, "q4_0": 4}
-GROUP_SIZES = (64, 32)  # mlx-lm's default first; 32 for heads of 32 (or 96) dimensions
-
-
-def group_size_for(head_dim: int) -> int:
-    """The quantization group size for heads of `head_dim` values; 0: cannot quantize."""
-    return next((g for g in GROUP_SIZES if head_dim % g == 0), 0)
-
-
-def bytes_per_element(bits: int, group_size: int, scale_bytes: int = 2) -> float:
-    """Bytes one cached key or value element costs: packed bits plus a scale and a bias
-    per group (in the activations' dtype, `scale_bytes`)."""
-    if not bits:
-        return float(scale_bytes)
-    return bits / 8 + 2 * scale_bytes / group_size
 
 
 class QuantizedCache(QuantizedKVCache):
@@ -281,3 +269,27 @@ def quantizable(caches: list[Any]) -> bool:
     """Whether a model's own caches are plain KV caches (what a quantized cache replaces);
     sliding-window, recurrent and other special caches keep their own kind."""
     return bool(caches) and all(type(c) is KVCache for c in caches)
+
+
+def kv_settings(model: Any, kv_cache_type: str) -> tuple[int, int]:
+    """(bits, group size) of the quantized KV cache for this model; (0, 0) keeps the float
+    cache: f16 asked for, heads that no group size divides, or caches of another kind
+    (sliding windows, recurrent state), each said in the log."""
+    from mlx_lm.models.cache import make_prompt_cache
+
+    bits = KV_CACHE_BITS.get(kv_cache_type, 0)
+    if not bits:
+        return 0, 0
+    args = getattr(model, "args", None)
+    heads = int(getattr(args, "num_attention_heads", 0) or 0)
+    hidden = int(getattr(args, "hidden_size", 0) or 0)
+    head_dim = int(getattr(args, "head_dim", 0) or (hidden // heads if heads else 0))
+    group = kv_group_size(head_dim)
+    if not group:
+        log.warning("kv cache %s: heads of %d values cannot be quantized", kv_cache_type, head_dim)
+        return 0, 0
+    if not quantizable(make_prompt_cache(model)):
+        log.warning("kv cache %s: this model's cache is not a plain KV cache; f16", kv_cache_type)
+        return 0, 0
+    log.info("kv cache %s: %d bits, groups of %d", kv_cache_type, bits, group)
+    return bits, group

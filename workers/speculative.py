@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import mlx.core as mx
@@ -355,3 +356,22 @@ class SpeculativeBatch:
         self._last = [self._last[b] for b in keep]
         if self._lag is not None:
             self._lag = self._lag[mx.array(keep)]
+
+
+def load_draft(draft_dir: Path, model: Any) -> Any:
+    """The draft model, checked against the target: same vocabulary, plain KV caches (a
+    round trims them). None, said in the log, when it cannot serve as a draft."""
+    from mlx_lm import load
+    from mlx_lm.models.cache import KVCache, make_prompt_cache
+
+    draft, _ = load(str(draft_dir))
+    ours = int(getattr(model.args, "vocab_size", 0) or 0)
+    theirs = int(getattr(draft.args, "vocab_size", 0) or 0)
+    if ours != theirs:
+        log.warning("draft model ignored: %d tokens, the model has %d", theirs, ours)
+        return None
+    for which in (model, draft):
+        if not all(type(c) is KVCache for c in make_prompt_cache(which)):
+            log.warning("draft model ignored: speculative decoding needs plain KV caches")
+            return None
+    return draft

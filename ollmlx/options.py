@@ -91,7 +91,7 @@ def check_option(key: str, value: Any) -> Any:
         number = int(value)
         if not INT64_MIN <= number <= INT64_MAX:
             raise StatusError(f'option "{key}" is out of range (a 64-bit integer)', 400)
-        return number
+        return _check_load_option(key, number)
     if kind == FLOAT and is_number:
         try:
             number = float(value)
@@ -104,8 +104,6 @@ def check_option(key: str, value: Any) -> Any:
         return value
     if kind == STRING and isinstance(value, str):
         return _check_load_option(key, value)
-    if key == "draft_num_predict" and kind == INT and is_number:
-        return _check_load_option(key, int(value))
     if kind == STRINGS and isinstance(value, list):
         if all(isinstance(v, str) for v in value):
             return list(value)

@@ -72,6 +72,9 @@ class _Member:
     max_tokens: int
     distribution: Distribution | None  # None: greedy
     generated: int = 0
+    rounds: int = 0
+    drafted: int = 0
+    accepted: int = 0  # by its own rule (the batch may have kept fewer)
 
 
 @dataclass
@@ -167,8 +170,10 @@ class SpeculativeBatch:
         for b, member in enumerate(self._members):
             if member.uid not in gone:
                 keep.append(b)
-            elif return_prompt_caches:
-                caches[member.uid] = self._extract(b, len(member.tokens))
+            else:
+                self._log(member)
+                if return_prompt_caches:
+                    caches[member.uid] = self._extract(b, len(member.tokens))
         if len(keep) < len(self._members):
             self._filter(keep)
         return caches
@@ -303,6 +308,9 @@ class SpeculativeBatch:
             emitted = [*drafts[b][:n], last]
             member.tokens += [self._last[b], *drafts[b][:n]]
             self._last[b] = last
+            member.rounds += 1
+            member.drafted += k
+            member.accepted += accepted[b]
             finished = False
             for token in emitted:
                 member.generated += 1
@@ -319,6 +327,7 @@ class SpeculativeBatch:
                     continue
                 length = member.prompt_length + member.generated - 1  # before this token
                 cache, tokens = self._extract(b, length)
+                self._log(member)
                 responses.append(Response(member.uid, token, finish, None, cache, tokens))
                 finished = True
                 break
@@ -329,6 +338,16 @@ class SpeculativeBatch:
         return responses
 
     # -- bookkeeping ---------------------------------------------------------------------
+
+    @staticmethod
+    def _log(member: _Member) -> None:
+        log.debug(
+            "speculative decoding: %d tokens in %d rounds, %d of %d drafts accepted",
+            member.generated,
+            member.rounds,
+            member.accepted,
+            member.drafted,
+        )
 
     def _extract(self, b: int, length: int) -> tuple[list[Any], list[int]]:
         """Sequence b's target cache holding its first `length` tokens (for the prompt

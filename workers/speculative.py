@@ -203,7 +203,7 @@ class SpeculativeBatch:
 
     def _prefill(self) -> None:
         """Up to one chunk of prompt for each model, then join whoever is done."""
-        budget = self._prefill_step
+        budget, done = self._prefill_step, []
         while self._pending and budget > 0:
             job = self._pending[0]
             chunk = min(budget, max(len(job.target_rest), len(job.draft_rest)))
@@ -216,22 +216,23 @@ class SpeculativeBatch:
             mx.eval([c.state for c in (*job.target, *job.draft)])
             budget -= max(chunk, 1)
             if not job.target_rest and not job.draft_rest:
-                self._pending.pop(0)
-                self._join(job)
+                done.append(self._pending.pop(0))
+        if done:
+            self._join(done)
 
-    def _join(self, job: _Prefill) -> None:
-        if self._lag is not None:  # the newcomer has no lagging draft: settle the others'
+    def _join(self, jobs: list[_Prefill]) -> None:
+        if self._lag is not None:  # newcomers have no lagging draft: settle the others'
             self._draft_model(self._lag[:, None], cache=self._draft)
             self._lag = None
-        target = [type(c).merge([c]) for c in job.target]
-        draft = [type(c).merge([c]) for c in job.draft]
+        target = _merge([job.target for job in jobs])
+        draft = _merge([job.draft for job in jobs])
         if not self._members:
             self._target, self._draft = target, draft
         else:
             for mine, theirs in zip((*self._target, *self._draft), (*target, *draft), strict=True):
                 mine.extend(theirs)
-        self._members.append(job.member)
-        self._last.append(job.last)
+        self._members += [job.member for job in jobs]
+        self._last += [job.last for job in jobs]
 
     # -- one round -----------------------------------------------------------------------
 
@@ -375,6 +376,12 @@ class SpeculativeBatch:
         self._last = [self._last[b] for b in keep]
         if self._lag is not None:
             self._lag = self._lag[mx.array(keep)]
+
+
+def _merge(caches: list[list[Any]]) -> list[Any]:
+    """Per layer, one batch cache of these sequences' single caches."""
+    layers = len(caches[0])
+    return [type(caches[0][i]).merge([c[i] for c in caches]) for i in range(layers)]
 
 
 def load_draft(draft_dir: Path, model: Any) -> Any:

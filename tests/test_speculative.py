@@ -184,7 +184,7 @@ def test_create_refuses_a_draft_of_another_vocabulary(
         timeout=60,
     )
     assert reply.status_code == 400
-    assert "vocabulary" in reply.json()["error"]
+    assert reply.json()["error"] == "the draft model's vocabulary does not match the model's"
     reply = httpx.post(
         spec_server.url + "/api/create",
         json={"model": "bad", "from": "spec", "parameters": {"draft_num_predict": 0}},

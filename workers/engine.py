@@ -293,7 +293,7 @@ class Engine:
 
         self._kv = kv_settings(self.model, self.kv_cache_type)
         if self.draft_dir is not None:
-            self.draft = load_draft(self.draft_dir, self.model)
+            self.draft = load_draft(self.draft_dir, self.model, self.tokenizer)
 
     def _embed(self, job: EmbedJob) -> None:
         """One embedding request, run to the end here (a few batched forward passes)."""

@@ -122,6 +122,7 @@ class SpeculativeBatch:
         self._last: list[int] = []  # per member: the token to feed next (not cached yet)
         self._lag: mx.array | None = None  # drafts the draft model has not seen yet
         self._uid = UID_BASE
+        self._vocab = int(model.args.vocab_size)
         self.stats = Stats()
 
     def __len__(self) -> int:
@@ -246,7 +247,7 @@ class SpeculativeBatch:
         self._lag = None
         drafts, q = [], []
         for _ in range(k):
-            logits = self._draft_model(step, cache=self._draft)[:, -1, :]
+            logits = self._align(self._draft_model(step, cache=self._draft)[:, -1, :])
             token, probs = self._propose(logits, greedy)
             drafts.append(token)
             q.append(probs)
@@ -263,6 +264,17 @@ class SpeculativeBatch:
             accepted, following = accept_sampled(target, mx.stack(q, axis=1), proposed, uniform)
         mx.eval(accepted, following, proposed)
         return self._advance(k, proposed, accepted.tolist(), following.tolist())
+
+    def _align(self, logits: mx.array) -> mx.array:
+        """The draft's logits over the target's vocabulary (their padded sizes may differ:
+        past the tokenizer's ids, a token neither model emits)."""
+        width = self._vocab
+        if logits.shape[-1] > width:
+            return logits[..., :width]
+        if logits.shape[-1] < width:
+            pad = mx.full((*logits.shape[:-1], width - logits.shape[-1]), -mx.inf, logits.dtype)
+            return mx.concatenate([logits, pad], axis=-1)
+        return logits
 
     def _propose(self, logits: mx.array, greedy: bool) -> tuple[mx.array, mx.array | None]:
         """Each sequence's next draft token, and (sampled rounds) the draft's distribution."""
@@ -384,17 +396,15 @@ def _merge(caches: list[list[Any]]) -> list[Any]:
     return [type(caches[0][i]).merge([c[i] for c in caches]) for i in range(layers)]
 
 
-def load_draft(draft_dir: Path, model: Any) -> Any:
+def load_draft(draft_dir: Path, model: Any, tokenizer: Any) -> Any:
     """The draft model, checked against the target: same vocabulary, plain KV caches (a
     round trims them). None, said in the log, when it cannot serve as a draft."""
     from mlx_lm import load
     from mlx_lm.models.cache import KVCache, make_prompt_cache
 
-    draft, _ = load(str(draft_dir))
-    ours = int(getattr(model.args, "vocab_size", 0) or 0)
-    theirs = int(getattr(draft.args, "vocab_size", 0) or 0)
-    if ours != theirs:
-        log.warning("draft model ignored: %d tokens, the model has %d", theirs, ours)
+    draft, draft_tokenizer = load(str(draft_dir))
+    if draft_tokenizer.get_vocab() != tokenizer.get_vocab():
+        log.warning("draft model ignored: its vocabulary is not the model's")
         return None
     for which in (model, draft):
         if not all(type(c) is KVCache for c in make_prompt_cache(which)):

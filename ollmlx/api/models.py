@@ -20,6 +20,7 @@ from ..store.aliases import resolve
 from ..store.catalog import Manifest, StoredModel
 from ..store.modelfile import format_parameters, parse_modelfile, render_modelfile
 from ..store.modelinfo import (
+    cached_json,
     capabilities,
     chat_template,
     check_model_dir,
@@ -302,15 +303,16 @@ def _plan_draft(ctx: Context, plan: _CreatePlan, draft: str, target: Path | None
         if stored is None:
             raise StatusError(f"draft model '{draft}' not found", 404)
         plan.draft_digest, draft_dir = stored.manifest.weights, stored.model_dir
-    if target is not None:
-        ours = read_config(target).get("vocab_size")
-        theirs = read_config(draft_dir).get("vocab_size")
-        if ours != theirs:
-            raise StatusError(
-                f"draft model's vocabulary ({theirs} tokens) does not match the model's "
-                f"({ours} tokens)",
-                400,
-            )
+    if target is not None and _vocabulary(target) != _vocabulary(draft_dir):
+        raise StatusError("the draft model's vocabulary does not match the model's", 400)
+
+
+def _vocabulary(model_dir: Path) -> Any:
+    """What a draft must share with its model: the tokenizer's vocabulary (a model's
+    vocab_size may be padded past it, as Qwen2.5 7B's is and 0.5B's is not)."""
+    tokenizer = cached_json(model_dir / "tokenizer.json")
+    vocab = (tokenizer or {}).get("model", {}).get("vocab") if isinstance(tokenizer, dict) else None
+    return vocab if vocab else read_config(model_dir).get("vocab_size")
 
 
 def _pullable(text: str) -> bool:

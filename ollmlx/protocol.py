@@ -129,6 +129,9 @@ class Health(msgspec.Struct):
     context_length: int = 0
     error: str | None = None
     progress: float = 0.0  # load progress 0..1, resets the supervisor's stall timer
+    # What MLX holds now: arrays in use, and freed buffers it keeps for reuse.
+    active_bytes: int = 0
+    cache_bytes: int = 0
 
 
 class EmbedRequest(msgspec.Struct, omit_defaults=True):

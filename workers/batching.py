@@ -14,10 +14,12 @@ generator, with the prompt cache emptied since its entries may hold the failed g
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
 from .constrain import GrammarProcessor, make_llg_tokenizer
+from .disk_cache import DiskPromptCache, cached_entries, spilling_cache
 from .faults import inject
 from .kvquant import fresh_caches
 from .prompts import shift_window
@@ -49,13 +51,14 @@ class BatchRunner:
         tokenizer: Any,
         cache_bytes: int = 0,
         max_batch: int = 32,
+        disk: DiskPromptCache | None = None,
         draft: Any = None,  # a draft model: eligible requests decode speculatively
         num_draft: int = 4,
         kv_bits: int = 0,  # a quantized KV cache (kvquant.py); 0: the model's own
         kv_group: int = 64,
     ) -> None:
         from mlx_lm.generate import BatchGenerator
-        from mlx_lm.models.cache import LRUPromptCache, make_prompt_cache
+        from mlx_lm.models.cache import make_prompt_cache
 
         self._tokenizer = tokenizer
         self._eos = set(tokenizer.eos_token_ids)
@@ -75,8 +78,10 @@ class BatchRunner:
         self._cache_bytes = cache_bytes
         # KV caches of finished requests, by token prefix: a chat's next turn only
         # prefills what is new. Bounded in bytes, least recently used out first.
+        # A disk tier keeps long prefixes across restarts (`OLLMLX_PROMPT_CACHE_DISK`).
+        self._disk = disk
         self._new_cache = lambda: (
-            LRUPromptCache(max_size=MAX_CACHED_PREFIXES, max_bytes=cache_bytes)
+            spilling_cache(MAX_CACHED_PREFIXES, cache_bytes, disk, CACHE_KEY)
             if cache_bytes > 0
             else None
         )
@@ -141,18 +146,38 @@ class BatchRunner:
         self._decoding[uid] = _Decoding(sampler, processors, list(prompt))
 
     def _cached_prefix(self, prompt: list[int]) -> tuple[Any, list[int]]:
-        """The KV cache of the longest cached prefix of `prompt`, and what is left."""
+        """The KV cache of the longest cached prefix of `prompt` (memory or disk), and
+        what is left to prefill."""
         if self._cache is None:
             return None, prompt
         from mlx_lm.models.cache import trim_prompt_cache
 
         cache, rest = self._cache.fetch_nearest_cache(CACHE_KEY, prompt)
         if cache is None:
+            rest = prompt
+        on_disk = self._disk.longest_prefix(prompt) if self._disk is not None else 0
+        if self._disk is not None and on_disk > len(prompt) - len(rest):
+            loaded = self._disk.load(prompt, on_disk)
+            if loaded is not None:
+                cache, rest = loaded, prompt[on_disk:]
+        if cache is None:
             return None, prompt
         if not rest:  # an exact hit: recompute the last token to get its logits
             trim_prompt_cache(cache, 1)
             rest = prompt[-1:]
         return cache, list(rest)
+
+    def flush_to_disk(self, budget: float = 2.0) -> None:
+        """Before the worker stops: its in-memory prefixes go to the disk tier (within
+        `budget` seconds, so a stop is never held up for long)."""
+        if self._cache is None or self._disk is None:
+            return
+        deadline = time.monotonic() + budget
+        entries = cached_entries(self._cache, CACHE_KEY)
+        for tokens, cache in sorted(entries, key=lambda e: -len(e[0])):
+            if time.monotonic() > deadline:
+                break
+            self._disk.store(tokens, cache)
 
     def _keep_cache(self, tokens: list[int] | None, cache: Any) -> None:
         if self._cache is None or not tokens or cache is None:

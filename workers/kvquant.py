@@ -40,6 +40,16 @@ class QuantizedCache(QuantizedKVCache):
         return int(self.offset)
 
 
+def saveable(cache: Any) -> Any:
+    """As mlx-lm's own class, so `save_prompt_cache` writes a name it can load back."""
+    return QuantizedKVCache.from_state(cache.state) if type(cache) is QuantizedCache else cache
+
+
+def mergeable(cache: Any) -> Any:
+    """A loaded quantized cache as one that can join a batch."""
+    return QuantizedCache.from_state(cache.state) if type(cache) is QuantizedKVCache else cache
+
+
 def fresh_caches(layers: int, bits: int, group_size: int) -> list[QuantizedCache]:
     return [QuantizedCache(group_size=group_size, bits=bits) for _ in range(layers)]
 

@@ -16,6 +16,7 @@ from ..acquire.pull import Progress, Puller
 from ..acquire.quantize import convert, quant_bits
 from ..errors import StatusError
 from ..options import check_option
+from ..serving import prompt_disk
 from ..store.aliases import resolve
 from ..store.catalog import Manifest, StoredModel
 from ..store.modelfile import format_parameters, parse_modelfile, render_modelfile
@@ -31,7 +32,6 @@ from ..store.modelinfo import (
 from ..store.names import parse_name
 from .completion import model_sampling
 from .context import CONTEXT, Context, read_body
-from .generation import memory_estimate
 from .progress import PULLER, stream_progress
 from .schemas import (
     CreateRequest,
@@ -94,11 +94,9 @@ async def ps(request: web.Request) -> web.Response:
             if math.isinf(ref.expires_at)
             else datetime.fromtimestamp(ref.expires_at, timezone.utc).astimezone()
         )
-        # As Ollama's: the weights (and draft) plus the KV cache for the context, at the
-        # model's KV cache type (a q4_0 cache is about a quarter of an f16 one).
-        size = max(
-            ref.memory_bytes, memory_estimate(ref.model, num_ctx, ctx.settings.kv_cache_type)
-        )
+        # What the worker holds (weights, draft, prompt cache: a quantized KV cache shows
+        # as its smaller size); the budget counts the larger of that and the estimate.
+        size = ref.held_bytes
         running.append(
             RunningModel(
                 name=ref.model.name.display,
@@ -201,6 +199,7 @@ async def delete(request: web.Request) -> web.Response:
     await ctx.scheduler.retire(stored.name.display, "deleted")
     ctx.store.delete(name)
     log.info("deleted %s", stored.name.display)
+    await asyncio.to_thread(prompt_disk.collect, ctx.settings.models_dir, ctx.store.list())
     return web.Response(status=200)
 
 

@@ -27,6 +27,7 @@ from ..config import Settings
 from ..errors import StatusError
 from ..options import draft_num_predict, kv_cache_type
 from ..store.catalog import StoredModel
+from .prompt_disk import folder_for
 from .runner import WorkerProcess, WorkerSpec
 
 log = logging.getLogger("ollmlx.scheduler")
@@ -59,7 +60,14 @@ class RunnerRef:
 
     @property
     def memory_bytes(self) -> int:
-        return self.worker.memory_bytes or self.estimate
+        """What the budget counts: the estimate (weights + a full KV cache for the
+        context) until the worker holds more than that."""
+        return max(self.estimate, self.worker.held_bytes, self.worker.memory_bytes)
+
+    @property
+    def held_bytes(self) -> int:
+        """What the worker really holds (its last health check), as /api/ps shows it."""
+        return self.worker.held_bytes or self.worker.memory_bytes or self.estimate
 
     @property
     def loaded(self) -> bool:
@@ -243,13 +251,16 @@ class Scheduler:
 
     def _start(self, model: StoredModel, estimate: int) -> RunnerRef:
         params = model.manifest.parameters
+        kv_type = kv_cache_type(params, self._settings.kv_cache_type)
+        disk = folder_for(self._settings.models_dir, model.model_dir, model.adapter_dir, kv_type)
         spec = WorkerSpec(
             model.name.display,
             model.model_dir,
             model.adapter_dir,
+            disk,
             draft_dir=model.draft_dir,
             draft_num_predict=draft_num_predict(params),
-            kv_cache_type=kv_cache_type(params, self._settings.kv_cache_type),
+            kv_cache_type=kv_type,
         )
         worker = self._spawn(spec)
         ref = RunnerRef(model, worker, estimate, asyncio.Semaphore(self._settings.num_parallel))

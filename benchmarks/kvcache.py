@@ -38,8 +38,7 @@ def cache_bytes_per_token(model_dir: Path, tokens: int = 512) -> dict[str, float
     import mlx.core as mx
     from mlx_lm import load
     from mlx_lm.models.cache import make_prompt_cache
-
-    from workers.kvquant import fresh_caches
+    from ollmlx_worker.kvquant import fresh_caches
 
     model, _ = load(str(model_dir))
     prompt = mx.array([[7 + i % 500 for i in range(tokens)]])

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import mlx.core as mx
 import numpy as np
-
-from workers.acceptance import accept_greedy, accept_sampled
+from ollmlx_worker.acceptance import accept_greedy, accept_sampled
 
 TRIALS = 40_000
 CRITICAL = 20.0  # chi-square, 3 degrees of freedom: p < 0.0002

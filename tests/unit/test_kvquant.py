@@ -7,9 +7,9 @@ from pathlib import Path
 import mlx.core as mx
 import pytest
 from mlx_lm.models.cache import QuantizedKVCache
+from ollmlx_worker.kvquant import BatchQuantizedKVCache, QuantizedCache
 
 from ollmlx.config import kv_bytes_per_element
-from workers.kvquant import BatchQuantizedKVCache, QuantizedCache
 
 HEADS, DIM = 2, 64
 
@@ -77,8 +77,7 @@ def test_batched_generation_with_a_quantized_cache_equals_single_streams(
 ) -> None:
     from mlx_lm import load
     from mlx_lm.generate import BatchGenerator, generate_step
-
-    from workers.kvquant import fresh_caches
+    from ollmlx_worker.kvquant import fresh_caches
 
     model, tokenizer = load(str(kv_model_dir))
     prompts = [tokenizer.encode("the cat runs over the river " * n) for n in (1, 4, 2)]
@@ -95,3 +94,15 @@ def test_batched_generation_with_a_quantized_cache_equals_single_streams(
         for response in generator.next()[1]:
             together[response.uid].append(response.token)
     assert [together[uid] for uid in uids] == alone
+
+
+def test_quantized_caches_go_to_disk_and_come_back_batchable(tmp_path: Path) -> None:
+    from ollmlx_worker.disk_cache import DiskPromptCache
+
+    disk = DiskPromptCache(tmp_path, 1 << 20, min_tokens=4)
+    stored = [_single(10, 0), _single(10, 1)]  # two layers
+    disk.store(list(range(10)), stored)
+    loaded = disk.load([*range(10), 99], 10)
+    assert loaded is not None and all(type(c) is QuantizedCache for c in loaded)
+    assert all(_same(a, b) for a, b in zip(loaded, stored, strict=True))
+    assert isinstance(QuantizedCache.merge([loaded[0], stored[0]]), BatchQuantizedKVCache)

@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 from mlx_lm import load
 from mlx_lm.models.cache import make_prompt_cache
+from ollmlx_worker.acceptance import probabilities
+from ollmlx_worker.sampling import build_sampler
+from ollmlx_worker.speculative import SpeculativeBatch
 
 from ollmlx.protocol import Sampling
 from tests.draftmodel import build_draft_pair
-from workers.acceptance import probabilities
-from workers.sampling import build_sampler
-from workers.speculative import SpeculativeBatch
 
 COPIES = 1500
 CRITICAL = 20.0  # chi-square, 3 degrees of freedom: p < 0.0002

@@ -102,17 +102,21 @@ def test_ps_shows_the_smaller_quantized_cache_held(kv_server: Server) -> None:
     the worker holds) shows the quantized ones smaller, by about the cache's size."""
     prompt = "the river runs under the old bridge " * 80  # ~560 tokens
     with kv_server.client() as client:
-        for model in ("kv16", "kv8", "kv4"):
-            client.generate(model=model, prompt=prompt, raw=True, options=GREEDY)
+        for kind in ("f16", "q8_0", "q4_0"):  # fresh workers: empty prompt caches
+            client.create(model=f"ps-{kind}", from_="kv8", parameters={"kv_cache_type": kind})
+            client.generate(model=f"ps-{kind}", prompt=prompt, raw=True, options=GREEDY)
 
         def sizes() -> dict[str, int]:
             return {m.model.split(":")[0]: m.size for m in client.ps().models}
 
         # A float32 model: 2 layers x 1 head of 64, keys and values: 1 KiB a token in
-        # float, 288 and 160 bytes quantized. 500 tokens: 500 KiB against 141 and 78.
+        # float, 288 and 160 bytes quantized; ~590 tokens: 590, 170 and 95 KiB.
         def ordered() -> bool:
             held = sizes()
-            return held["kv16"] - held["kv8"] > 250_000 and held["kv8"] - held["kv4"] > 30_000
+            return (
+                held["ps-f16"] - held["ps-q8_0"] > 200_000
+                and held["ps-q8_0"] - held["ps-q4_0"] > 35_000
+            )
 
         assert wait_for(ordered, timeout=15), sizes()
 

@@ -144,6 +144,8 @@ def create_request(name: str, modelfile_path: Path) -> dict[str, Any]:
     request: dict[str, Any] = {"model": name, "from": local(parsed.from_) or parsed.from_}
     if parsed.adapter:
         request["adapters"] = {"adapter": local(parsed.adapter) or parsed.adapter}
+    if parsed.draft:
+        request["draft"] = local(parsed.draft) or parsed.draft
     if parsed.template is not None:
         request["template"] = parsed.template
     if parsed.system is not None:

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 from ..config import Settings
 from ..errors import StatusError
+from ..options import draft_num_predict, kv_cache_type
 from ..store.catalog import StoredModel
 from .prompt_disk import folder_for
 from .runner import WorkerProcess, WorkerSpec
@@ -320,8 +321,18 @@ class Scheduler:
         return min(idle, key=lambda r: r.last_used) if idle else None
 
     def _start(self, model: StoredModel, estimate: int) -> RunnerRef:
-        disk = folder_for(self._settings.models_dir, model.model_dir, model.adapter_dir)
-        spec = WorkerSpec(model.name.display, model.model_dir, model.adapter_dir, disk)
+        params = model.manifest.parameters
+        kv_type = kv_cache_type(params, self._settings.kv_cache_type)
+        disk = folder_for(self._settings.models_dir, model.model_dir, model.adapter_dir, kv_type)
+        spec = WorkerSpec(
+            model.name.display,
+            model.model_dir,
+            model.adapter_dir,
+            disk,
+            draft_dir=model.draft_dir,
+            draft_num_predict=draft_num_predict(params),
+            kv_cache_type=kv_type,
+        )
         worker = self._spawn(spec)
         ref = RunnerRef(model, worker, estimate, asyncio.Semaphore(self._settings.num_parallel))
         ref.ready = asyncio.ensure_future(self._load_worker(ref))

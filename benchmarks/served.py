@@ -25,6 +25,7 @@ class Served:
     url: str
     client: ollama.Client
     log: Path
+    pid: int = 0  # the server process
 
     def create(self, model: str, modelfile: str) -> None:
         """/api/create from Modelfile text (the ollama client has no DRAFT field)."""
@@ -96,6 +97,6 @@ def serve(**env: str) -> Iterator[Served]:
             try:
                 wait_http(f"http://127.0.0.1:{port}/", proc)
                 url = f"http://127.0.0.1:{port}"
-                yield Served(url, ollama.Client(host=url), log)
+                yield Served(url, ollama.Client(host=url), log, proc.pid)
             finally:
                 stop_process(proc)

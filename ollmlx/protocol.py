@@ -132,6 +132,7 @@ class Health(msgspec.Struct):
     # What MLX holds now: arrays in use, and freed buffers it keeps for reuse.
     active_bytes: int = 0
     cache_bytes: int = 0
+    peak_bytes: int = 0  # the most MLX held at once since the worker started
 
 
 class EmbedRequest(msgspec.Struct, omit_defaults=True):

@@ -214,13 +214,13 @@ class Engine:
         if mx.get_cache_memory():
             mx.clear_cache()
 
-    def memory_now(self) -> tuple[int, int]:
-        """(active, cached) bytes MLX holds: what /api/ps reports as the model's size."""
+    def memory_now(self) -> tuple[int, int, int]:
+        """(active, cached, peak) bytes MLX holds: /api/ps reports active + cached."""
         if self.status != "ok":
-            return self.memory_bytes, 0
+            return self.memory_bytes, 0, self.memory_bytes
         import mlx.core as mx
 
-        return int(mx.get_active_memory()), int(mx.get_cache_memory())
+        return int(mx.get_active_memory()), int(mx.get_cache_memory()), int(mx.get_peak_memory())
 
     def _die(self, message: str, status: str = "error") -> None:
         """End every request in flight and every queued one with an error line."""

@@ -130,9 +130,8 @@ def report(ttft: dict[str, float], memory: dict[str, Any]) -> str:
     ]
     lines.append(f"  {'MLX peak during it':<22} {memory['after']['peak_bytes'] / mib:8.1f} MiB")
     for label, key in (("resident (RSS)", "rss"), ("MLX active", "active_bytes")):
-        lines.append(
-            f"  {label:<22} {memory['after'][key] / mib:8.1f} / {memory['idle'][key] / mib:8.1f} MiB"
-        )
+        after, idle = memory["after"][key] / mib, memory["idle"][key] / mib
+        lines.append(f"  {label:<22} {after:8.1f} / {idle:8.1f} MiB")
     lines.append(
         f"  {'MLX buffer cache':<22} {memory['after']['cache_bytes'] / mib:8.1f} / "
         f"{memory['idle']['cache_bytes'] / mib:8.1f} MiB"

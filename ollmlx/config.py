@@ -147,6 +147,7 @@ class Settings:
     log_max_bytes: int = 10 << 20  # rotate the log file past this size (5 old files kept)
     no_openblas: bool = False  # True: workers keep MLX's bundled BLAS (no OpenBLAS preload)
     no_cloud: bool = False  # OLLAMA_NO_CLOUD: only reported by /api/status (there is no cloud)
+    no_prune: bool = False  # OLLAMA_NOPRUNE: keep unused blobs at start (Ollama's PruneLayers)
 
     @property
     def base_url(self) -> str:
@@ -291,4 +292,5 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         log_max_bytes=max(1, _size(env, "OLLMLX_LOG_MAX_SIZE", d.log_max_bytes, total_memory)),
         no_openblas=(_env(env, "OLLMLX_NO_OPENBLAS") or "0").lower() not in ("0", "false"),
         no_cloud=_go_bool(_env(env, "OLLAMA_NO_CLOUD")),
+        no_prune=_go_bool(_env(env, "OLLAMA_NOPRUNE")),
     )

@@ -10,11 +10,13 @@ import aiohttp
 import msgspec
 from aiohttp import web
 
+from ..acquire.gguf import Converter
 from ..config import Settings
 from ..errors import StatusError
 from ..serving.runner import WorkerConfig, WorkerProcess, WorkerSpec
 from ..serving.scheduler import Scheduler
 from ..store.catalog import Store
+from ..store.migrate import migrate
 from .context import CONTEXT, Context, error_for
 
 log = logging.getLogger("ollmlx.api")
@@ -80,7 +82,7 @@ async def errors_middleware(
 
 
 def create_app(settings: Settings) -> web.Application:
-    from . import anthropic, embed, models, native, openai, pull, responses
+    from . import anthropic, blobs, embed, models, native, openai, pull, responses
     from .guards import add_cors_headers, make_guards
 
     app = web.Application(
@@ -108,12 +110,19 @@ def create_app(settings: Settings) -> web.Application:
         def spawn(spec: WorkerSpec) -> WorkerProcess:
             return WorkerProcess(spec, session, config)
 
-        scheduler = Scheduler(settings, spawn)
+        store = Store(settings.models_dir)
+        # Once, before serving: an old ollmlx store becomes Ollama's format, and what
+        # crashed writes left behind goes.
+        await asyncio.to_thread(migrate, store)
+        await asyncio.to_thread(store.collect_garbage, not settings.no_prune)
+        converter = Converter(store)
+        scheduler = Scheduler(settings, spawn, prepare=converter.prepare)
         scheduler.start()
-        app[CONTEXT] = Context(settings, Store(settings.models_dir), scheduler, session)
+        app[CONTEXT] = Context(settings, store, scheduler, session, converter)
         log.info("serving models from %s", settings.models_dir)
         yield
         await scheduler.close()
+        await converter.close()
         await session.close()
 
     app.cleanup_ctx.append(lifecycle)
@@ -123,5 +132,6 @@ def create_app(settings: Settings) -> web.Application:
     responses.add_routes(app.router)
     anthropic.add_routes(app.router)
     embed.add_routes(app.router)
+    blobs.add_routes(app.router)
     pull.setup(app)
     return app

@@ -9,6 +9,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+import msgspec
 from aiohttp import web
 
 from ..acquire.create import Creator, plan_create
@@ -16,7 +17,14 @@ from ..errors import StatusError
 from ..store import gguf
 from ..store.catalog import StoredModel
 from ..store.modelfile import format_parameters, render_modelfile
-from ..store.modelinfo import capabilities, chat_template, count_parameters, read_config
+from ..store.modelinfo import (
+    Details,
+    capabilities,
+    chat_template,
+    count_parameters,
+    quantization_level,
+    read_config,
+)
 from ..store.names import parse_name
 from ..store.spec import ModelSpec
 from .completion import model_sampling
@@ -137,6 +145,22 @@ def shown_template(stored: StoredModel) -> str:
     return spec.go_template or spec.template or chat_template(stored.model_dir)
 
 
+def _shown_details(details: Details, info: dict[str, Any], stored: StoredModel) -> Details:
+    """Ollama's GetModelInfo fills a safetensors model's empty details from config.json
+    (x/create writes no family or size into the config)."""
+    if stored.format != "safetensors" or stored.problem:
+        return details
+    shown = msgspec.structs.replace(details)
+    shown.family = shown.family or str(info.get("general.architecture") or "")
+    shown.families = shown.families or ([shown.family] if shown.family else None)
+    count = int(info.get("general.parameter_count") or 0)
+    if not shown.parameter_size and count:
+        shown.parameter_size = gguf.human_number(count)
+    if not shown.quantization_level:
+        shown.quantization_level = quantization_level(read_config(stored.model_dir))
+    return shown
+
+
 async def show(request: web.Request) -> web.Response:
     ctx = request.app[CONTEXT]
     req = await read_body(request, model_decoder)
@@ -149,6 +173,7 @@ async def show(request: web.Request) -> web.Response:
     manifest = stored.manifest
     template = shown_template(stored)
     info = await asyncio.to_thread(stored_info, stored)
+    details = _shown_details(manifest.details, info, stored)
     return _json(
         ShowResponse(
             modelfile=render_modelfile(
@@ -160,7 +185,7 @@ async def show(request: web.Request) -> web.Response:
                 manifest.messages,
                 manifest.license,
             ),
-            details=manifest.details,
+            details=details,
             model_info={**info, **_source_info(manifest), **manifest.info},
             modified_at=stored.modified_at.astimezone(),
             capabilities=capabilities(stored.model_dir, manifest.template),

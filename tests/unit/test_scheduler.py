@@ -19,8 +19,8 @@ from ollmlx.errors import StatusError
 from ollmlx.serving.runner import WorkerSpec
 from ollmlx.serving.scheduler import Scheduler
 from ollmlx.store.catalog import StoredModel
-from ollmlx.store.spec import ModelSpec
 from ollmlx.store.names import parse_name
+from ollmlx.store.spec import ModelSpec
 
 pytestmark = pytest.mark.asyncio(loop_scope="function")
 

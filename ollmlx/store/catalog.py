@@ -332,16 +332,16 @@ class Store:
         """Write the manifest of `text`: the weight layers given, the settings of `spec` as
         layers, and a config blob (`config` with spec's details and ollmlx's extras).
         `sources` (digest -> file) re-create a blob a concurrent delete took meanwhile."""
-        data, digests = self.compose(layers, spec, config)
+        data, digests, written = self.compose(layers, spec, config)
         with store_lock(self.root):
-            path = self.commit(text, data, digests, sources or {})
+            path = self.commit(text, data, digests, {**written, **(sources or {})})
         return self._load(_name_of(self.manifests, path), path)
 
     def compose(
         self, layers: list[Layer], spec: ModelSpec, config: Config | None = None
-    ) -> tuple[bytes, set[str]]:
-        """A manifest's bytes (its settings and config blobs written) and the digests it
-        names; nothing is visible until `commit`."""
+    ) -> tuple[bytes, set[str], dict[str, bytes]]:
+        """A manifest's bytes, the digests it names, and the settings and config blobs
+        written for it (pinned until `commit`, which makes it visible)."""
         details = spec.details
         base = config or Config()
         config = msgspec.structs.replace(
@@ -357,14 +357,22 @@ class Store:
             os=base.os or "linux",
             ollmlx=config_extras(spec),
         )
+        written: dict[str, bytes] = {}
+
+        def put(data: bytes) -> tuple[str, int]:
+            digest, size = self.blobs.put_bytes(data)
+            self.blobs.pin(digest)  # the same bytes may be another model's, being deleted
+            written[digest] = data
+            return digest, size
+
         weight_layers = [layer for layer in layers if layer.mediaType not in _SETTINGS_TYPES]
-        all_layers = [*weight_layers, *spec_layers(spec, self.blobs.put_bytes)]
-        config_digest, config_size = self.blobs.put_bytes(encode_config(config))
+        all_layers = [*weight_layers, *spec_layers(spec, put)]
+        config_digest, config_size = put(encode_config(config))
         data = encode_manifest(Layer(CONFIG_MEDIA_TYPE, config_digest, config_size), all_layers)
-        return data, {config_digest, *(layer.digest for layer in all_layers)}
+        return data, {config_digest, *(layer.digest for layer in all_layers)}, written
 
     def commit(
-        self, text: str, data: bytes, digests: set[str], sources: Mapping[str, Path]
+        self, text: str, data: bytes, digests: set[str], sources: Mapping[str, Path | bytes]
     ) -> Path:
         """Under the store lock: the manifest of `text` becomes `data` (its blobs checked
         first and after), and the layers only the old manifest named go."""
@@ -382,7 +390,7 @@ class Store:
         self._ensure_blobs(digests, sources)
         return path
 
-    def _ensure_blobs(self, digests: set[str], sources: Mapping[str, Path]) -> None:
+    def _ensure_blobs(self, digests: set[str], sources: Mapping[str, Path | bytes]) -> None:
         for digest in digests:
             if self.blobs.touch(digest):
                 continue
@@ -390,7 +398,10 @@ class Store:
             if source is None:
                 raise StatusError(f"blob {digest} not found", 400)
             log.warning("blob %s vanished while a model was written: adding it again", digest)
-            got, _, _ = self.blobs.put_file(source, hex_of(digest))
+            if isinstance(source, bytes):
+                got, _ = self.blobs.put_bytes(source)
+            else:
+                got, _, _ = self.blobs.put_file(source, hex_of(digest))
             if got != digest:
                 raise StatusError(f"blob {digest} changed while the model was written", 500)
 

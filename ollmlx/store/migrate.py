@@ -57,7 +57,7 @@ class _Planned:
     text: str  # the model's name
     data: bytes
     digests: set[str]
-    sources: dict[str, Path]
+    sources: dict[str, Path | bytes]
 
 
 def _old_manifests(store: Store) -> list[tuple[Path, OldManifest]]:
@@ -97,8 +97,8 @@ def _plan(store: Store, path: Path, old: OldManifest, created: set[str]) -> _Pla
         info=old.info,
         capabilities=capabilities(model_dir, old.template),
     )
-    data, digests = store.compose(layers, spec)
-    sources = {}
+    data, digests, written = store.compose(layers, spec)
+    sources: dict[str, Path | bytes] = dict(written)
     for layer in layers:
         rel = layer.name.removeprefix("adapter/")
         for folder in folders:

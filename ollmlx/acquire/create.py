@@ -1,11 +1,10 @@
-"""/api/create: what a new model is made of, checked before any answer, then written.
+"""/api/create, once its request is checked (create_plan.py): the new model written.
 
-A model comes FROM an existing model (pulled first when only the hub has it), a local
-folder, a local GGUF file, or `files` uploaded as blobs (`relpath -> digest`: a
-safetensors folder or one GGUF, as Ollama's clients send them); `adapters` the same way
-(a path or uploaded files of an mlx-lm adapter); `quantize` runs the conversion child.
-Status lines as Ollama's CreateHandler writes them. Blobs written for a create that fails
-are removed again: a failed create leaves no half model.
+Its weights are the base model's layers, a folder's files or uploaded blobs (linked, not
+copied), a GGUF (converted to MLX before the manifest is written, with progress), or a
+quantization's output; then adapters, then the request's settings. Status lines as
+Ollama's CreateHandler writes them. Blobs written for a create that fails are removed
+again: a failed create leaves no half model.
 """
 
 from __future__ import annotations
@@ -14,220 +13,24 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
-from typing import Any
-
-import msgspec
+from pathlib import Path
 
 from ..errors import StatusError
 from ..gguf_meta import GGUFHeader, read_header
-from ..options import check_option
-from ..protocol import Message
 from ..store import layout
-from ..store.aliases import resolve
 from ..store.catalog import Store, StoredModel, copy_spec, media_type_of
-from ..store.files import open_regular
 from ..store.gguf import human_number
-from ..store.manifest import ADAPTER, MODEL, Config, Layer, hex_of
-from ..store.modelfile import parse_modelfile
-from ..store.modelinfo import Details, capabilities, check_model_dir, describe, read_config
+from ..store.manifest import ADAPTER, MODEL, Config, Layer
+from ..store.modelinfo import Details, capabilities, check_model_dir, describe
 from ..store.names import parse_name
 from ..store.spec import ModelSpec
 from ..templates import looks_like_go_template
+from .create_plan import CreatePlan, blob_path, check_quantizable
 from .gguf import Converter, check
 from .pull import Progress, Puller
-from .quantize import convert, quant_bits
+from .quantize import convert
 
 log = logging.getLogger("ollmlx.create")
-
-
-class CreateRequest(msgspec.Struct, rename={"from_": "from"}):
-    model: str = ""
-    name: str = ""  # deprecated spelling of `model`
-    from_: str = ""
-    modelfile: str = ""  # older clients send the Modelfile text itself
-    files: dict[str, str] | None = None  # relpath -> sha256 digest of an uploaded blob
-    adapters: dict[str, str] | None = None  # relpath -> digest, or (ollmlx's CLI) a path
-    template: str | None = None
-    system: str | None = None
-    license: str | list[str] | None = None
-    parameters: dict[str, Any] | None = None
-    messages: list[Message] | None = None
-    quantize: str | None = None
-    stream: bool | None = None
-
-
-@dataclass
-class CreatePlan:
-    """What a create will write, checked before the first status line."""
-
-    req: CreateRequest
-    base: StoredModel | None = None
-    pull: str = ""  # a FROM model to pull from Hugging Face first
-    source_dir: Path | None = None  # FROM a local folder
-    gguf_file: Path | None = None  # FROM a local GGUF file
-    files: dict[str, str] = field(default_factory=dict)  # uploaded safetensors files
-    gguf_blob: tuple[str, str] | None = None  # an uploaded GGUF: (relpath, digest)
-    adapter_dir: Path | None = None
-    adapter_files: dict[str, str] = field(default_factory=dict)
-    bits: int = 0
-    parameters: dict[str, Any] = field(default_factory=dict)
-
-
-def _valid_path(rel: str) -> bool:
-    """Go's fs.ValidPath, as CreateHandler checks each file name."""
-    if rel == ".":
-        return True
-    return bool(rel) and not rel.startswith("/") and layout.safe_relpath(rel) == rel
-
-
-def _is_gguf(path: Path) -> bool:
-    with open_regular(path) as f:
-        return f.read(4) == b"GGUF"
-
-
-def _merge_modelfile(req: CreateRequest) -> None:
-    """Fold an old client's `modelfile` text into the request; the request's fields win."""
-    parsed = parse_modelfile(req.modelfile)
-    req.from_ = req.from_ or parsed.from_
-    req.template = req.template if req.template is not None else parsed.template
-    req.system = req.system if req.system is not None else parsed.system
-    req.license = req.license or parsed.license or None
-    req.parameters = {**parsed.parameters, **(req.parameters or {})}
-    req.messages = req.messages or parsed.messages or None
-    if parsed.adapter:
-        req.adapters = {"adapter": parsed.adapter}
-
-
-def _check_digests(files: dict[str, str]) -> None:
-    for rel, digest in files.items():
-        if not _valid_path(rel):
-            raise StatusError("file path must be relative", 400)  # errFilePath
-        hex_of(digest)  # "invalid digest format"
-
-
-def _blob(store: Store, digest: str) -> Path:
-    path = store.blobs.path(digest)
-    if not path.is_file():
-        raise StatusError(f'blob "{digest}" not found: upload it first (POST /api/blobs)', 400)
-    return path
-
-
-def plan_create(store: Store, req: CreateRequest) -> CreatePlan:
-    plan = CreatePlan(req)
-    if req.modelfile:
-        _merge_modelfile(req)
-    files = dict(req.files or {})
-    _check_digests(files)
-    if not req.from_ and not files:
-        raise StatusError("neither 'from' or 'files' was specified", 400)
-    if req.quantize:
-        plan.bits = quant_bits(req.quantize)
-    if files:
-        _plan_files(store, plan, files)
-    elif _is_path(req.from_):
-        _plan_path(plan, Path(req.from_).expanduser())
-    else:
-        plan.base = store.get(req.from_)
-        if plan.base is None:
-            if not _pullable(req.from_):
-                raise StatusError(f"model '{req.from_}' not found", 404)
-            plan.pull = req.from_
-        else:
-            plan.base.check_runnable()
-    if plan.bits:
-        if plan.gguf_file or plan.gguf_blob or (plan.base and plan.base.format == "gguf"):
-            raise StatusError("ollmlx quantizes safetensors models only, not GGUF files", 400)
-        if plan.source_dir is not None:
-            _check_quantizable(plan.source_dir)
-        elif plan.base is not None:
-            _check_quantizable(plan.base.model_dir)
-    _plan_adapters(store, plan)
-    try:
-        plan.parameters = {k: check_option(k, v) for k, v in (req.parameters or {}).items()}
-    except (StatusError, KeyError) as exc:
-        raise StatusError(str(exc).strip('"'), 400) from None
-    return plan
-
-
-def _is_path(text: str) -> bool:
-    return Path(text).expanduser().is_absolute() or text.startswith((".", "~"))
-
-
-def _plan_path(plan: CreatePlan, path: Path) -> None:
-    if path.is_file():
-        if not _is_gguf(path):
-            raise StatusError(f"{path} is neither a model directory nor a GGUF file", 400)
-        read_header(path, array_limit=0)  # a broken file is a 400 now, not a failed job
-        plan.gguf_file = path.resolve()
-        return
-    problem = check_model_dir(path)
-    if problem:
-        raise StatusError(problem, 400)
-    plan.source_dir = path.resolve()
-
-
-def _plan_files(store: Store, plan: CreatePlan, files: dict[str, str]) -> None:
-    """detectModelTypeFromFiles: a GGUF by name or by its magic, else safetensors."""
-    paths = {rel: _blob(store, digest) for rel, digest in files.items()}
-    ggufs = [rel for rel in files if rel.endswith(".gguf") or _is_gguf(paths[rel])]
-    if ggufs:
-        if len(ggufs) > 1:
-            raise StatusError(
-                "a model of several GGUF files (split or with a projector) "
-                "is not supported by ollmlx",
-                400,
-            )
-        plan.gguf_blob = (ggufs[0], files[ggufs[0]])
-        read_header(paths[ggufs[0]], array_limit=0)
-        return
-    if not any(rel.endswith(".safetensors") for rel in files):
-        raise StatusError("unknown type", 400)  # errUnknownType
-    if "config.json" not in files:
-        raise StatusError("the files have no config.json", 400)
-    plan.files = files
-
-
-def _plan_adapters(store: Store, plan: CreatePlan) -> None:
-    adapters = dict(plan.req.adapters or {})
-    if not adapters:
-        return
-    digests = {rel: v for rel, v in adapters.items() if v.startswith("sha256")}
-    if digests:
-        _check_digests(digests)
-        paths = {rel: _blob(store, digest) for rel, digest in digests.items()}
-        if any(rel.endswith(".gguf") or _is_gguf(p) for rel, p in paths.items()):
-            raise StatusError("GGUF (LoRA) adapters are not supported by ollmlx", 400)
-        names = {PurePosixPath(rel).name for rel in digests}
-        if "adapter_config.json" not in names or not any(n.endswith(".safetensors") for n in names):
-            raise StatusError(
-                "an adapter needs adapter_config.json and adapters.safetensors (mlx-lm's format)",
-                400,
-            )
-        plan.adapter_files = digests
-        return
-    if len(adapters) > 1:
-        raise StatusError("only one adapter is currently supported", 400)
-    path = Path(next(iter(adapters.values()))).expanduser()
-    if path.is_file() and path.suffix == ".gguf":
-        raise StatusError("GGUF (LoRA) adapters are not supported by ollmlx", 400)
-    if not (path / "adapter_config.json").is_file():
-        raise StatusError(f"adapter {path} has no adapter_config.json", 400)
-    plan.adapter_dir = path.resolve()
-
-
-def _pullable(text: str) -> bool:
-    try:
-        resolve(parse_name(text))
-    except StatusError:
-        return False
-    return True
-
-
-def _check_quantizable(model_dir: Path) -> None:
-    config = read_config(model_dir)
-    if config.get("quantization") or config.get("quantization_config"):
-        raise StatusError("quantization is only supported for F16 and F32 models", 400)
 
 
 def gguf_spec(head: GGUFHeader, source: str) -> ModelSpec:
@@ -287,7 +90,7 @@ class Creator:
             if plan.base is None:
                 raise StatusError(f"model '{plan.pull}' vanished after pulling it", 500)
             if plan.bits:
-                _check_quantizable(plan.base.model_dir)
+                check_quantizable(plan.base.model_dir)
         draft: _Draft | None = None
         if plan.base is not None:
             draft = self._from_base(plan.base)
@@ -309,11 +112,11 @@ class Creator:
             for layer in draft.layers if not plan.bits else ():
                 yield f"using existing layer {layer.digest}"
         else:
-            async for event in self._from_gguf(name, plan, created):
-                if isinstance(event, _Draft):
-                    draft = event
+            async for step in self._from_gguf(name, plan, created):
+                if isinstance(step, _Draft):
+                    draft = step
                 else:
-                    yield event
+                    yield step
         assert draft is not None
         if plan.bits:
             async for status in self._quantize(plan, draft, created, scratch):
@@ -336,11 +139,12 @@ class Creator:
 
     def _from_files(self, files: dict[str, str], scratch: Path) -> _Draft:
         """Uploaded blobs as the layers they are (no copy), checked as a model folder."""
+        sizes = {rel: blob_path(self.store, d).stat().st_size for rel, d in files.items()}
         layers = [
-            Layer(media_type_of(rel), digest, _blob(self.store, digest).stat().st_size, name=rel)
+            Layer(media_type_of(rel), digest, sizes[rel], name=rel)
             for rel, digest in sorted(files.items())
         ]
-        plan = layout.Plan(links={rel: _blob(self.store, d) for rel, d in files.items()})
+        plan = layout.Plan(links={rel: blob_path(self.store, d) for rel, d in files.items()})
         folder = layout.build(scratch / "files", plan)
         problem = check_model_dir(folder)
         if problem:
@@ -362,7 +166,7 @@ class Creator:
         else:
             assert plan.gguf_blob is not None
             rel, digest = plan.gguf_blob
-            blob = _blob(self.store, digest)
+            blob = blob_path(self.store, digest)
             await check(blob)
             yield "parsing GGUF"
             layer = Layer(MODEL, digest, blob.stat().st_size, from_=rel)
@@ -406,7 +210,7 @@ class Creator:
             layers = await asyncio.to_thread(add, plan.adapter_dir, created)
             draft.sources.update({x.digest: plan.adapter_dir / x.name[8:] for x in layers})
         for rel, digest in sorted(plan.adapter_files.items()):
-            size = _blob(self.store, digest).stat().st_size
+            size = blob_path(self.store, digest).stat().st_size
             layers.append(Layer(ADAPTER, digest, size, name=f"adapter/{rel}"))
         if layers:
             draft.layers = [x for x in draft.layers if x.mediaType != ADAPTER] + layers

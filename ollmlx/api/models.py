@@ -12,7 +12,8 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from ..acquire.create import Creator, plan_create
+from ..acquire.create import Creator
+from ..acquire.create_plan import plan_create
 from ..errors import StatusError
 from ..store import gguf
 from ..store.catalog import StoredModel

@@ -11,7 +11,7 @@ from typing import Any
 
 import msgspec
 
-from ..acquire.create import CreateRequest
+from ..acquire.create_plan import CreateRequest
 from ..protocol import Message
 from ..store.modelinfo import Details
 from ..wire import (  # noqa: F401  (re-exported: the routes' shapes in one place)

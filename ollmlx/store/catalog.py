@@ -14,26 +14,20 @@ ollmlx/ that no manifest maps to.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
-import hashlib
 import logging
 import os
 import shutil
 import tempfile
-import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
-from ..architectures import unsupported_reason
 from ..errors import StatusError
-from ..gguf_meta import GGUFError
-from ..templates import TemplateError, jinja_for_go_template
-from . import layout
+from . import gc
 from .blobs import Blobs
 from .gguf import GGUFCache
 from .lock import store_lock
@@ -47,41 +41,16 @@ from .manifest import (
     Config,
     Layer,
     Manifest,
-    decode_config,
     decode_manifest,
     encode_config,
     encode_manifest,
     hex_of,
 )
-from .modelinfo import cached_bytes, cached_json, chat_template, read_config
 from .names import HF_HOSTS, ModelName, parse_name
-from .spec import ModelSpec, config_extras, read_spec, spec_layers
+from .resolve import Resolver, StoredModel
+from .spec import ModelSpec, config_extras, copy_spec, spec_layers
 
 log = logging.getLogger("ollmlx.store")
-
-WEIGHT_TYPES = (TENSOR, JSON, FILE, MODEL)
-PRUNE_GRACE = 3600.0  # Ollama's layerPruneGracePeriod: newer blobs may await their manifest
-
-
-@dataclass(frozen=True)
-class StoredModel:
-    name: ModelName
-    manifest: ModelSpec  # what the manifest's layers and config say
-    model_dir: Path  # what mlx-lm loads (for a GGUF not converted yet: its facts, see gguf.py)
-    adapter_dir: Path | None
-    digest: str  # sha256 of the manifest bytes, as Ollama reports it
-    modified_at: datetime
-    format: str = "safetensors"
-    gguf: Path | None = None  # a GGUF model's blob (it converts before it first loads)
-    converted: bool = True  # False: model_dir holds the GGUF's facts until it converts
-    problem: str = ""  # why ollmlx cannot run this model ("" when it can)
-    problem_status: int = 400
-    layers: tuple[Layer, ...] = field(default=(), repr=False)
-    config: Config = field(default_factory=Config, repr=False)
-
-    def check_runnable(self) -> None:
-        if self.problem:
-            raise StatusError(self.problem, self.problem_status)
 
 
 def _model_files(source: Path) -> list[Path]:
@@ -107,16 +76,14 @@ class Store:
         self.manifests.mkdir(parents=True, exist_ok=True)
         self.blobs = Blobs(root)
         self.gguf = GGUFCache(root)
-        self.models_folder = root / "ollmlx" / "models"
-        self.adapters_folder = root / "ollmlx" / "adapters"
-        self._plans: dict[str, tuple[layout.Plan, layout.Plan | None]] = {}
+        self.resolver = Resolver(self.blobs, self.gguf, root / "ollmlx")
 
     # -- names and manifests ---------------------------------------------------------------
 
     def _path(self, name: ModelName) -> Path:
         return self.manifests.joinpath(*name.parts)
 
-    def _candidates(self, text: str) -> list[ModelName]:
+    def _candidates(self, text: str) -> builtins.list[ModelName]:
         name = parse_name(text)
         raw = text.strip().split("://", 1)[-1]
         names = [name]
@@ -140,7 +107,7 @@ class Store:
                 return name, path
         return None
 
-    def _manifest_paths(self) -> list[Path]:
+    def _manifest_paths(self) -> builtins.list[Path]:
         # Ollama's glob (manifest.Manifests): manifests/*/*/*/*.
         paths = self.manifests.glob("*/*/*/*")
         return sorted(p for p in paths if p.is_file() and not p.name.startswith("."))
@@ -157,121 +124,15 @@ class Store:
         found = self._find(text)
         return self._load(*found) if found else None
 
-    def list(self) -> list[StoredModel]:
+    def list(self) -> builtins.list[StoredModel]:
         models = []
         for path in self._manifest_paths():
             with contextlib.suppress(StatusError, OSError):
                 models.append(self._load(_name_of(self.manifests, path), path))
         return models
 
-    # -- reading a model -------------------------------------------------------------------
-
     def _load(self, name: ModelName, path: Path) -> StoredModel:
-        data = path.read_bytes()
-        stat = path.stat()
-        manifest = decode_manifest(data)
-        config = Config()
-        if manifest.config.digest:
-            raw = cached_bytes(self.blobs.path(manifest.config.digest))
-            config = decode_config(raw) if raw is not None else Config()
-        spec = read_spec(manifest, config, self.blobs.path)
-        digest = hashlib.sha256(data).hexdigest()
-        weights = self._weights(name, digest, manifest, config)
-        problem, status = weights.problem, weights.status
-        if spec.template is None and spec.go_template:
-            problem = problem or self._go_template(name, spec, weights.model_dir)
-        return StoredModel(
-            name=name,
-            manifest=spec,
-            model_dir=weights.model_dir,
-            adapter_dir=weights.adapter_dir,
-            digest=digest,
-            modified_at=datetime.fromtimestamp(stat.st_mtime, timezone.utc),
-            format=weights.format,
-            gguf=weights.gguf,
-            converted=weights.converted,
-            problem=problem,
-            problem_status=status,
-            layers=tuple(manifest.layers),
-            config=config,
-        )
-
-    def _go_template(self, name: ModelName, spec: ModelSpec, model_dir: Path) -> str:
-        """Ollama's Go template, when the model has no Jinja one of its own: its Jinja
-        equivalent from the family table (templates.py), or why there is none."""
-        if chat_template(model_dir):
-            return ""  # the model's own template (as Ollama mostly prefers it too)
-        tokenizer = cached_json(model_dir / "tokenizer_config.json")
-        bos = bool(tokenizer.get("add_bos_token")) if isinstance(tokenizer, dict) else False
-        try:
-            spec.template = jinja_for_go_template(spec.go_template or "", bos=bos).jinja
-        except TemplateError as exc:
-            return f'model "{name.display}": {exc}'
-        return ""
-
-    def _weights(
-        self, name: ModelName, digest: str, manifest: Manifest, config: Config
-    ) -> _Weights:
-        none = self.models_folder / "none"
-        if config.remote_host or config.remote_model:
-            return _Weights(none, f"{name.display} is a cloud model; ollmlx runs local models only")
-        ggufs = manifest.of_type(MODEL)
-        missing = [
-            layer.digest
-            for layer in manifest.layers
-            if layer.mediaType in (*WEIGHT_TYPES, ADAPTER) and not self.blobs.exists(layer.digest)
-        ]
-        if missing:
-            message = f"model {name.display} is incomplete: blob {missing[0]} is missing"
-            return _Weights(none, message, 500, format="gguf" if ggufs else "safetensors")
-        plans = self._plans_of(digest, manifest)
-        if plans[0].problem and not ggufs:
-            return _Weights(none, plans[0].problem)
-        adapter_dir = None
-        if manifest.of_type(ADAPTER):
-            if plans[1] is None:
-                return _Weights(none, "GGUF (LoRA) adapters are not supported by ollmlx")
-            adapter_dir = layout.build(self.adapters_folder, plans[1])
-        if ggufs:
-            return self._gguf_weights(ggufs[0], adapter_dir)
-        if not manifest.of_type(TENSOR):
-            return _Weights(none, f"{name.display} has no weights ollmlx can load")
-        plan = plans[0]
-        if "config.json" not in plan.links and "config.json" not in plan.files:
-            kinds = "image generation or other non-text models"
-            return _Weights(none, f"{name.display} has no config.json ({kinds} do not run)")
-        model_dir = layout.build(self.models_folder, plan)
-        reason = unsupported_reason(read_config(model_dir))
-        return _Weights(model_dir, reason or "", adapter_dir=adapter_dir)
-
-    def _plans_of(self, digest: str, manifest: Manifest) -> tuple[layout.Plan, layout.Plan | None]:
-        """The link folders of a manifest, worked out once (Ollama's tensor blobs have their
-        headers read for quantization)."""
-        plans = self._plans.get(digest)
-        if plans is None:
-            try:
-                model = layout.model_plan(manifest.layers, self.blobs.path)
-            except StatusError as exc:
-                model = layout.Plan(problem=exc.message)
-            plans = self._plans[digest] = (
-                model,
-                layout.adapter_plan(manifest.layers, self.blobs.path),
-            )
-        return plans
-
-    def _gguf_weights(self, layer: Layer, adapter_dir: Path | None) -> _Weights:
-        hex_digest = hex_of(layer.digest)
-        converted = self.gguf.converted(hex_digest)
-        blob = self.blobs.path(layer.digest)
-        if (converted / "config.json").is_file():
-            return _Weights(converted, format="gguf", gguf=blob, adapter_dir=adapter_dir)
-        try:
-            facts = self.gguf.facts_dir(hex_digest, blob)
-        except GGUFError as exc:
-            return _Weights(self.models_folder / "none", exc.message, format="gguf", gguf=blob)
-        weights = _Weights(facts, format="gguf", gguf=blob, adapter_dir=adapter_dir)
-        weights.converted = False
-        return weights
+        return self.resolver.load(name, path)
 
     # -- writing models --------------------------------------------------------------------
 
@@ -290,12 +151,12 @@ class Store:
         known: Mapping[str, str] | None = None,
         prefix: str = "",
         created: set[str] | None = None,
-    ) -> list[Layer]:
+    ) -> builtins.list[Layer]:
         """Every file of a model folder as a layer (tensor, json or file, named by its
         path), each blob hard-linked where possible and pinned until a manifest names it.
         `known` maps relative paths to sha256 digests already verified (a pull); the
         digests of blobs that did not exist before are added to `created`."""
-        layers: list[Layer] = []
+        layers: builtins.list[Layer] = []
         try:
             for path in _model_files(source):
                 rel = path.relative_to(source).as_posix()
@@ -310,7 +171,9 @@ class Store:
             raise
         return layers
 
-    def add_adapter_dir(self, source: Path, created: set[str] | None = None) -> list[Layer]:
+    def add_adapter_dir(
+        self, source: Path, created: set[str] | None = None
+    ) -> builtins.list[Layer]:
         """An mlx-lm adapter folder as `adapter` layers named `adapter/<file>`."""
         return self.add_dir(source, prefix="adapter/", created=created)
 
@@ -324,7 +187,7 @@ class Store:
     def write(
         self,
         text: str,
-        layers: list[Layer],
+        layers: builtins.list[Layer],
         spec: ModelSpec,
         config: Config | None = None,
         sources: Mapping[str, Path] | None = None,
@@ -338,7 +201,7 @@ class Store:
         return self._load(_name_of(self.manifests, path), path)
 
     def compose(
-        self, layers: list[Layer], spec: ModelSpec, config: Config | None = None
+        self, layers: builtins.list[Layer], spec: ModelSpec, config: Config | None = None
     ) -> tuple[bytes, set[str], dict[str, bytes]]:
         """A manifest's bytes, the digests it names, and the settings and config blobs
         written for it (pinned until `commit`, which makes it visible)."""
@@ -441,7 +304,7 @@ class Store:
         config = base.config
         layers = [layer for layer in base.layers if layer.mediaType != ADAPTER]
         created: set[str] = set()
-        added: list[Layer] = []
+        added: builtins.list[Layer] = []
         try:
             if weights is not None:
                 added = self.add_dir(weights, created=created)
@@ -502,50 +365,18 @@ class Store:
                     self.blobs.remove(digest)
 
     def _in_use(self) -> set[str]:
-        used: set[str] = set()
-        for _, _, manifest in self._read_manifests():
-            used |= manifest.digests()
-        return used
+        return gc.in_use(self)
 
     def _remove_layers(self, manifest: Manifest) -> None:
-        """Ollama's RemoveLayers: the blobs of `manifest` that no other manifest names
-        (nor an upload that awaits its create)."""
-        in_use = self._in_use()
-        for digest in manifest.digests() - in_use:
-            if not self.blobs.pinned(digest):
-                self.blobs.remove(digest)
+        gc.remove_layers(self, manifest)
 
     def _collect_caches(self) -> None:
-        """Link folders and GGUF conversions that no manifest maps to any more."""
-        models, adapters, ggufs = set(), set(), set()
-        for _, data, manifest in self._read_manifests():
-            for layer in manifest.of_type(MODEL):
-                ggufs.add(hex_of(layer.digest))
-            with contextlib.suppress(StatusError, OSError):
-                plan, adapter = self._plans_of(hashlib.sha256(data).hexdigest(), manifest)
-                models.add(plan.key())
-                if adapter is not None:
-                    adapters.add(adapter.key())
-        layout.remove_unused(self.models_folder, models)
-        layout.remove_unused(self.adapters_folder, adapters)
-        self.gguf.remove_unused(ggufs)
+        gc.collect_caches(self)
 
     def collect_garbage(self, prune: bool = True) -> None:
         """At start: leftovers of writes that never finished, the caches no manifest uses,
         and (Ollama's PruneLayers) blobs no manifest names, older than an hour."""
-        self.blobs.clean()
-        with store_lock(self.root):
-            if prune:
-                in_use = self._in_use()
-                now = time.time()
-                for blob in self.blobs.root.glob("sha256-*"):
-                    digest = "sha256:" + blob.name.removeprefix("sha256-")
-                    with contextlib.suppress(OSError, StatusError):
-                        old = now - blob.stat().st_mtime > PRUNE_GRACE
-                        if digest not in in_use and old and not self.blobs.pinned(digest):
-                            blob.unlink()
-                            log.info("removed unused blob %s", digest)
-            self._collect_caches()
+        gc.collect_garbage(self, prune)
 
 
 _SETTINGS_TYPES = frozenset(
@@ -559,22 +390,6 @@ _SETTINGS_TYPES = frozenset(
         "application/vnd.ollmlx.image.jinja",
     }
 )
-
-
-@dataclass
-class _Weights:
-    model_dir: Path
-    problem: str = ""
-    status: int = 400
-    format: str = "safetensors"
-    gguf: Path | None = None
-    adapter_dir: Path | None = None
-    converted: bool = True
-
-
-def copy_spec(spec: ModelSpec) -> ModelSpec:
-    """A ModelSpec to change without touching the original (its dicts and lists too)."""
-    return msgspec.convert(msgspec.to_builtins(spec), ModelSpec)
 
 
 def _sources(layers: list[Layer], *folders: Path | None) -> dict[str, Path]:

@@ -144,3 +144,8 @@ def config_extras(spec: ModelSpec) -> dict[str, Any] | None:
     }
     kept = {k: v for k, v in extras.items() if v}
     return kept or None
+
+
+def copy_spec(spec: ModelSpec) -> ModelSpec:
+    """A ModelSpec to change without touching the original (its dicts and lists too)."""
+    return msgspec.convert(msgspec.to_builtins(spec), ModelSpec)

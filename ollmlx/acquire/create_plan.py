@@ -112,7 +112,7 @@ def plan_create(store: Store, req: CreateRequest) -> CreatePlan:
         raise StatusError("neither 'from' or 'files' was specified", 400)
     if req.quantize:
         plan.bits = quant_bits(req.quantize)
-    if files:
+    if not req.from_:  # CreateHandler: `from` first, `files` only without it
         _plan_files(store, plan, files)
     elif _is_path(req.from_):
         _plan_path(plan, Path(req.from_).expanduser())

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from tests.conftest import Server, start_server
 
-ROUNDS = 8
+ROUNDS = 5
 
 
 def _manifests(models: Path) -> dict[str, dict]:

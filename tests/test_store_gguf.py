@@ -56,6 +56,7 @@ def sources(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "qwen2-16": qwen16,
         "llama.f32": write_gguf(llama, tmp / "llama-f32.gguf", Q.F32),
         "qwen2.q8": write_gguf(qwen, tmp / "qwen2-q8.gguf", Q.Q8_0),
+        "llama.q4": write_gguf(llama, tmp / "llama-q4.gguf", Q.Q4_0),
         "qwen2.bare": write_gguf(qwen, tmp / "qwen2-bare.gguf", Q.F32, chat_template=False),
         "qwen2.f16": write_gguf(qwen16, tmp / "model.gguf", Q.F16),
     }
@@ -76,6 +77,7 @@ def gguf_server(
         "llama-f32", sources["llama.f32"], system="Be brief.", params={"num_predict": 12}
     )
     store.gguf_model("qwen-q8", sources["qwen2.q8"])
+    store.gguf_model("llama-q4", sources["llama.q4"])
     store.gguf_model("qwen-go", sources["qwen2.bare"], template=CHATML["go_templates"][0])
     store.gguf_model("qwen-odd", sources["qwen2.bare"], template="### Q:\n{{ .Prompt }}\n")
     store.gguf_model("mamba", sources["mamba"])
@@ -99,7 +101,8 @@ def test_gguf_models_are_listed_as_ollama_lists_them(gguf_server: Server, source
     with gguf_server.client() as client:
         listed = {m.model: m.details for m in client.list().models}
     assert set(listed) == {
-        f"{m}:latest" for m in ("llama-f32", "qwen-q8", "qwen-go", "qwen-odd", "mamba", "q8k")
+        f"{m}:latest"
+        for m in ("llama-f32", "qwen-q8", "llama-q4", "qwen-go", "qwen-odd", "mamba", "q8k")
     }
     llama = listed["llama-f32:latest"]
     assert llama is not None and (llama.format, llama.family) == ("gguf", "llama")
@@ -244,3 +247,17 @@ def test_create_from_a_gguf_file_with_a_modelfile(gguf_server: Server, sources, 
     with gguf_server.client() as client:
         client.delete("kind")
     assert not cache.exists() and not blob.exists()  # no manifest uses that GGUF any more
+
+
+def test_ollmlx_run_shows_the_conversion_of_a_gguf_on_first_use(
+    gguf_server: Server, tmp_path: Path
+) -> None:
+    env = server_env(tmp_path, gguf_server.port)
+    cli = [sys.executable, "-m", "ollmlx", "run", "llama-q4", "hello world"]
+    runs = [
+        subprocess.run(cli, env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+        for _ in range(2)
+    ]
+    assert [r.returncode for r in runs] == [0, 0], runs[0].stderr
+    assert "converting GGUF to MLX" in runs[0].stderr and runs[0].stdout.strip()
+    assert "converting" not in runs[1].stderr  # once

@@ -110,7 +110,11 @@ def create_app(settings: Settings) -> web.Application:
         def spawn(spec: WorkerSpec) -> WorkerProcess:
             return WorkerProcess(spec, session, config)
 
-        store = Store(settings.models_dir)
+        try:
+            store = Store(settings.models_dir)
+        except OSError as exc:  # e.g. Ollama's store of another user, read-only for us
+            log.error("cannot use the model store %s: %s", settings.models_dir, exc)
+            raise SystemExit(1) from None
         # Once, before serving: an old ollmlx store becomes Ollama's format, and what
         # crashed writes left behind goes.
         await asyncio.to_thread(migrate, store)

@@ -13,6 +13,7 @@ from aiohttp import web
 from ..acquire.gguf import Converter
 from ..config import Settings
 from ..errors import StatusError
+from ..serving import prompt_disk
 from ..serving.runner import WorkerConfig, WorkerProcess, WorkerSpec
 from ..serving.scheduler import Scheduler
 from ..store.catalog import Store
@@ -105,6 +106,7 @@ def create_app(settings: Settings) -> web.Application:
             max_body=settings.max_body_bytes,
             health_interval=settings.health_interval,
             health_timeout=settings.health_timeout,
+            prompt_cache_disk=settings.prompt_cache_disk_bytes,
         )
 
         def spawn(spec: WorkerSpec) -> WorkerProcess:
@@ -124,6 +126,7 @@ def create_app(settings: Settings) -> web.Application:
         scheduler.start()
         app[CONTEXT] = Context(settings, store, scheduler, session, converter)
         log.info("serving models from %s", settings.models_dir)
+        await asyncio.to_thread(prompt_disk.collect, settings.models_dir, store.list())
         yield
         await scheduler.close()
         await converter.close()

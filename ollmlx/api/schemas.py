@@ -39,6 +39,7 @@ class GenerateRequest(msgspec.Struct):
     options: dict[str, Any] | None = None
     think: bool | str | None = None
     truncate: bool | None = None
+    shift: bool | None = None
     logprobs: bool = False
     top_logprobs: int = 0
 
@@ -53,6 +54,7 @@ class ChatRequest(msgspec.Struct):
     options: dict[str, Any] | None = None
     think: bool | str | None = None
     truncate: bool | None = None
+    shift: bool | None = None
     logprobs: bool = False
     top_logprobs: int = 0
 

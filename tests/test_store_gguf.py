@@ -226,7 +226,7 @@ def test_create_from_a_gguf_file_with_a_modelfile(gguf_server: Server, sources, 
     modelfile.write_text('FROM ./model.gguf\nSYSTEM "Be kind."\nPARAMETER temperature 0\n')
     env = server_env(tmp_path, gguf_server.port)
     cli = [sys.executable, "-m", "ollmlx", "create", "kind", "-f", str(modelfile)]
-    done = subprocess.run(cli, env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    done = subprocess.run(cli, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     with gguf_server.client() as client:
         details = {m.model: m.details for m in client.list().models}["kind:latest"]
@@ -255,7 +255,7 @@ def test_ollmlx_run_shows_the_conversion_of_a_gguf_on_first_use(
     env = server_env(tmp_path, gguf_server.port)
     cli = [sys.executable, "-m", "ollmlx", "run", "llama-q4", "hello world"]
     runs = [
-        subprocess.run(cli, env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+        subprocess.run(cli, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
         for _ in range(2)
     ]
     assert [r.returncode for r in runs] == [0, 0], runs[0].stderr

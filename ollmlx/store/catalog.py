@@ -108,9 +108,22 @@ class Store:
         return None
 
     def _manifest_paths(self) -> builtins.list[Path]:
-        # Ollama's glob (manifest.Manifests): manifests/*/*/*/*.
-        paths = self.manifests.glob("*/*/*/*")
-        return sorted(p for p in paths if p.is_file() and not p.name.startswith("."))
+        """Ollama's glob (manifest.Manifests): manifests/*/*/*/*, walked so that a folder
+        another server removes meanwhile (an emptied model's) is skipped, not an error."""
+        level = [self.manifests]
+        for depth in range(4):
+            found: builtins.list[Path] = []
+            for folder in level:
+                with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+                    with os.scandir(folder) as entries:
+                        for entry in entries:
+                            if entry.name.startswith("."):
+                                continue
+                            wanted = entry.is_file() if depth == 3 else entry.is_dir()
+                            if wanted:
+                                found.append(Path(entry.path))
+            level = found
+        return sorted(level)
 
     def _read_manifests(self) -> Iterator[tuple[Path, bytes, Manifest]]:
         for path in self._manifest_paths():

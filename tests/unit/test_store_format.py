@@ -135,3 +135,32 @@ def test_ollama_quantization_metadata_and_shapes(tmp_path: Path) -> None:
 )
 def test_go_templates_are_told_from_jinja(template: str, go: bool) -> None:
     assert looks_like_go_template(template) is go
+
+
+def test_listing_survives_folders_another_server_prunes(tmp_path: Path) -> None:
+    """A delete on another server removes emptied manifest folders while this one lists
+    (regression: pathlib's glob raised FileNotFoundError for a folder that went)."""
+    import threading
+
+    from ollmlx.store.catalog import Store
+
+    store = Store(tmp_path)
+    library = tmp_path / "manifests" / "registry.ollama.ai" / "library"
+    stop = threading.Event()
+
+    def churn() -> None:
+        while not stop.is_set():
+            for i in range(20):
+                (library / f"m{i}" / "latest").mkdir(parents=True, exist_ok=True)
+            for i in range(20):
+                (library / f"m{i}" / "latest").rmdir()
+                (library / f"m{i}").rmdir()
+
+    thread = threading.Thread(target=churn)
+    thread.start()
+    try:
+        for _ in range(300):
+            store.list()
+    finally:
+        stop.set()
+        thread.join()

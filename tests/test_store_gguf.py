@@ -77,7 +77,8 @@ def gguf_server(
         "llama-f32", sources["llama.f32"], system="Be brief.", params={"num_predict": 12}
     )
     store.gguf_model("qwen-q8", sources["qwen2.q8"])
-    store.gguf_model("llama-q4", sources["llama.q4"])
+    # The tiny models never end an answer: `ollmlx run` needs a bound.
+    store.gguf_model("llama-q4", sources["llama.q4"], params={"num_predict": 8})
     store.gguf_model("qwen-go", sources["qwen2.bare"], template=CHATML["go_templates"][0])
     store.gguf_model("qwen-odd", sources["qwen2.bare"], template="### Q:\n{{ .Prompt }}\n")
     store.gguf_model("mamba", sources["mamba"])

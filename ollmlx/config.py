@@ -168,6 +168,7 @@ class Settings:
     no_openblas: bool = False  # True: workers keep MLX's bundled BLAS (no OpenBLAS preload)
     no_cloud: bool = False  # OLLAMA_NO_CLOUD: only reported by /api/status (there is no cloud)
     kv_cache_type: str = "f16"  # OLLAMA_KV_CACHE_TYPE; a model's PARAMETER kv_cache_type wins
+    no_prune: bool = False  # OLLAMA_NOPRUNE: keep unused blobs at start (Ollama's PruneLayers)
 
     @property
     def base_url(self) -> str:
@@ -325,4 +326,5 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         no_openblas=(_env(env, "OLLMLX_NO_OPENBLAS") or "0").lower() not in ("0", "false"),
         no_cloud=_go_bool(_env(env, "OLLAMA_NO_CLOUD")),
         kv_cache_type=parse_kv_cache_type(_env(env, "OLLAMA_KV_CACHE_TYPE") or ""),
+        no_prune=_go_bool(_env(env, "OLLAMA_NOPRUNE")),
     )

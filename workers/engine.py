@@ -279,6 +279,7 @@ class Engine:
         from mlx.utils import tree_flatten
         from mlx_lm import load
 
+        from . import ollama_tensors
         from .embedding import Embedder
 
         config = json.loads((self.model_dir / "config.json").read_text())
@@ -292,6 +293,8 @@ class Engine:
             self.generative = False
             self._embedder = Embedder.for_encoder(self.model_dir, config)
             self.model = self._embedder.forward
+        elif ollama_tensors.is_ollama(self.model_dir):  # Ollama's quantized tensor blobs
+            self.model, self.tokenizer = ollama_tensors.load(self.model_dir, adapter)
         else:
             self.model, self.tokenizer = load(str(self.model_dir), adapter_path=adapter)
             self._load_extras()

@@ -20,7 +20,7 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 from ..config import Settings
@@ -98,10 +98,21 @@ class Lease:
     load_duration: int  # nanoseconds spent waiting for the model to load
 
 
+Prepare = Callable[[StoredModel], Awaitable[StoredModel]]
+
+
 class Scheduler:
-    def __init__(self, settings: Settings, spawn: Callable[[WorkerSpec], WorkerProcess]) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        spawn: Callable[[WorkerSpec], WorkerProcess],
+        prepare: Prepare | None = None,
+    ) -> None:
         self._settings = settings
         self._spawn = spawn
+        # What a model needs before a worker can load it (a GGUF converts on first use),
+        # awaited outside the lock: one model's conversion never holds up another's load.
+        self._prepare = prepare
         self._runners: dict[str, RunnerRef] = {}  # by name: the runners new requests use
         self._retired: set[RunnerRef] = set()  # draining or stopping: memory still theirs
         self._changed = asyncio.Condition()
@@ -126,6 +137,8 @@ class Scheduler:
         keep = self._settings.keep_alive if keep_alive is None else keep_alive
         if self._pending >= self._settings.max_queue:
             raise StatusError(QUEUE_FULL, 503)
+        if self._prepare is not None:
+            model = await self._prepare(model)
         self._pending += 1
         started = time.perf_counter_ns()
         try:

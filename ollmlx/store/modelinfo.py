@@ -81,11 +81,14 @@ def count_parameters(model_dir: Path, config: dict[str, Any]) -> int:
     bits = int((config.get("quantization") or {}).get("bits", 0) or 0)
     total = 0
     for path in weight_files(model_dir):
-        for name, info in safetensors_header(path).items():
+        header = safetensors_header(path)
+        for name, info in header.items():
             if name == "__metadata__" or not isinstance(info, dict):
                 continue
             if bits and name.endswith((".scales", ".biases")):
                 continue  # quantization bookkeeping, not parameters
+            if f"{name.rsplit('.', 1)[0]}.scale" in header:
+                continue  # the same, in Ollama's names (W.scale, W.bias)
             count = 1
             for dim in info.get("shape", []):
                 count *= int(dim)

@@ -13,14 +13,15 @@ from ollmlx.errors import StatusError
 from ollmlx.finetune_data import load_training_data
 from ollmlx.finetune_plan import parse_job, resolve
 from ollmlx.serving.training import TrainingRequest, job_key
-from ollmlx.store.catalog import Manifest, StoredModel
+from ollmlx.store.catalog import StoredModel
 from ollmlx.store.names import parse_name
+from ollmlx.store.spec import ModelSpec
 
 
 def request(name: str = "tuned", digest: str = "d1", texts: tuple[str, ...] = ("a", "b"), **fields):
     base = StoredModel(
         name=parse_name("tiny"),
-        manifest=Manifest(weights="sha256-x"),
+        manifest=ModelSpec(),
         model_dir=Path("/nonexistent"),
         adapter_dir=None,
         digest=digest,

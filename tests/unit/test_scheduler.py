@@ -18,8 +18,9 @@ from ollmlx.config import Settings
 from ollmlx.errors import StatusError
 from ollmlx.serving.runner import WorkerSpec
 from ollmlx.serving.scheduler import Scheduler
-from ollmlx.store.catalog import Manifest, StoredModel
+from ollmlx.store.catalog import StoredModel
 from ollmlx.store.names import parse_name
+from ollmlx.store.spec import ModelSpec
 
 pytestmark = pytest.mark.asyncio(loop_scope="function")
 
@@ -98,7 +99,7 @@ class Harness:
 def model(name: str, digest: str = "d1") -> StoredModel:
     return StoredModel(
         name=parse_name(name),
-        manifest=Manifest(weights="sha256-x"),
+        manifest=ModelSpec(),
         model_dir=Path("/nonexistent"),
         adapter_dir=None,
         digest=digest,

@@ -30,6 +30,7 @@ schemathesis = pytest.importorskip("schemathesis")
 
 MODEL = "tiny"
 NUM_PREDICT = 3  # tokens a fuzzed generation may produce: enough to stream, never slow
+MAX_TOKENS, INT64_MIN = 131072, -(2**63)  # the document's bounds on a token budget
 TIMEOUT = 60.0  # seconds any one request may take; past it the request hangs (a failure)
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "12"))
 SEED = int(os.environ.get("FUZZ_SEED", "20261201"))
@@ -120,7 +121,7 @@ def tame(case: Any) -> None:
         if options is None:
             body["options"] = options = {}
         if isinstance(options, dict):
-            _cap(options, "num_predict", 131072)
+            _cap(options, "num_predict", integer=False)
             options.setdefault("num_predict", NUM_PREDICT)
     elif path in ("/v1/chat/completions", "/v1/completions", "/v1/responses"):
         keys = {
@@ -129,19 +130,23 @@ def tame(case: Any) -> None:
             "/v1/responses": ("max_output_tokens",),
         }[path]
         for key in keys:
-            _cap(body, key, 131072)
+            _cap(body, key)
         if all(body.get(key) is None for key in keys):
             body[keys[0]] = NUM_PREDICT
     elif path == "/v1/messages":
-        _cap(body, "max_tokens", 131072, low=1)
+        _cap(body, "max_tokens", low=1)
 
 
-def _cap(container: dict[str, Any], key: str, high: int, low: int | None = None) -> None:
+def _cap(
+    container: dict[str, Any], key: str, low: int = INT64_MIN, integer: bool = True
+) -> None:
     """A valid token budget becomes a small one; an invalid one is left to be refused."""
     value = container.get(key)
     if isinstance(value, bool) or not isinstance(value, int | float):
         return
-    if value <= high and (low is None or value >= low):
+    if integer and isinstance(value, float) and not value.is_integer():
+        return
+    if low <= value < MAX_TOKENS + 1:
         container[key] = NUM_PREDICT
 
 

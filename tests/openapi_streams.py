@@ -53,7 +53,9 @@ def _rebase(schema: Any) -> Any:
     """Local refs ("#/components/...") made absolute, so they resolve in the document."""
     if isinstance(schema, dict):
         return {
-            k: (_URI + v if k == "$ref" and isinstance(v, str) and v.startswith("#") else _rebase(v))
+            k: (
+                _URI + v if k == "$ref" and isinstance(v, str) and v.startswith("#") else _rebase(v)
+            )
             for k, v in schema.items()
         }
     if isinstance(schema, list):
@@ -66,6 +68,10 @@ def content_schema(schema: Any) -> Any:
     if "contentSchema" in schema:
         return schema["contentSchema"]
     return next(content_schema(s) for s in schema["anyOf"] if "contentSchema" in str(s))
+
+
+def _is_local_ref(key: str, value: Any) -> bool:
+    return key == "$ref" and isinstance(value, str) and value.startswith("#")
 
 
 def sse_events(text: str) -> list[dict[str, str]]:

@@ -37,6 +37,7 @@ SEED = int(os.environ.get("FUZZ_SEED", "20261201"))
 # Boundary values and every type per field (schemathesis' coverage phase): hundreds of cases
 # per operation, so only in bigger runs (FUZZ_COVERAGE=1).
 COVERAGE = os.environ.get("FUZZ_COVERAGE") == "1"
+LOG = os.environ.get("FUZZ_LOG", "")
 EXCLUDED = {"/api/pull"}  # needs the network (Hugging Face), which tests never have
 
 # Response checks: no 5xx, statuses/content types/bodies as documented, invalid data refused.
@@ -47,6 +48,8 @@ CHECKS = [
     "response_schema_conformance",
     "response_headers_conformance",
     "negative_data_rejection",
+    "unsupported_method",  # methods a route lacks: 405 with an Allow header
+    "allow_header_conformance",
 ]
 
 CONFIG = schemathesis.Config.from_dict(
@@ -91,9 +94,17 @@ def test_the_api_matches_its_document(case: Any, fuzz_server: Server) -> None:
     if response.status_code == 200:
         content_type = response.headers.get("Content-Type", "")
         assert not stream_problems(case.operation.path, content_type, response.text)
-    if os.environ.get("FUZZ_LOG"):
-        with open(os.environ["FUZZ_LOG"], "a") as f:
-            f.write(f"{case.operation.label}\t{case.meta.generation.mode.name if case.meta else None}\t{response.status_code}\t{str(case.body)[:150]}\t{response.text[:150]!r}\n")
+    if LOG:
+        _log(case, response)
+
+
+def _log(case: Any, response: Any) -> None:
+    """FUZZ_LOG=FILE: one line per case (operation, mode, status, body, answer)."""
+    mode = case.meta.generation.mode.name if case.meta else "-"
+    fields = [case.operation.label, mode, str(response.status_code)]
+    fields += [repr(case.body)[:200], repr(response.text[:200])]
+    with open(LOG, "a", encoding="utf-8") as out:
+        out.write("\t".join(fields) + "\n")
 
 
 def tame(case: Any) -> None:
@@ -137,9 +148,7 @@ def tame(case: Any) -> None:
         _cap(body, "max_tokens", low=1)
 
 
-def _cap(
-    container: dict[str, Any], key: str, low: int = INT64_MIN, integer: bool = True
-) -> None:
+def _cap(container: dict[str, Any], key: str, low: int = INT64_MIN, integer: bool = True) -> None:
     """A valid token budget becomes a small one; an invalid one is left to be refused."""
     value = container.get(key)
     if isinstance(value, bool) or not isinstance(value, int | float):

@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
+import struct
+import threading
 from pathlib import Path
 
 import httpx
@@ -41,4 +44,45 @@ def test_a_client_leaving_a_stalled_stream_leaves_no_orphan_read(
     finally:
         if worker.is_running():
             os.kill(worker.pid, signal.SIGKILL)
+        server.stop()
+
+
+def test_clients_that_leave_mid_stream_are_no_server_errors(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    # A client that resets its connection while its lines are being written: a write after
+    # the reset raised ConnectionResetError, logged as a failed request with a traceback
+    # (and answered with a 500 to nobody). It is a race (the reset must come while the
+    # handler writes a burst of lines), so many clients leave, from many threads at once.
+    server = start_server(tmp_path, OLLAMA_NUM_PARALLEL="8")
+    try:
+        with server.client() as client:
+            client.create(model="tiny", from_=str(tiny_model_dir))
+            client.generate(model="tiny", prompt="")
+        body = json.dumps({"model": "tiny", "prompt": "story", "options": LONG}).encode()
+        request = (
+            b"POST /api/generate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json"
+            b"\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+        )
+
+        def leave_early(reads: int) -> None:
+            for _ in range(12):
+                with socket.create_connection(("127.0.0.1", server.port)) as sock:
+                    sock.sendall(request)
+                    for _ in range(reads):
+                        sock.recv(256)
+                    # Reset, not close: the supervisor's next write fails at once.
+                    linger = struct.pack("ii", 1, 0)
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
+
+        threads = [threading.Thread(target=leave_early, args=(1 + i % 4,)) for i in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+        with server.client() as client:
+            assert client.generate(model="tiny", prompt="hi", options={"num_predict": 2}).done
+        log = server.log()
+        assert "Traceback" not in log and " failed" not in log
+    finally:
         server.stop()

@@ -25,6 +25,8 @@ def main(argv: list[str] | None = None) -> int:
     if not 10 <= args.duration <= 540:
         parser.error("--duration must be between 10 and 540 seconds (the run stays under 10 min)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    for noisy in ("httpx", "httpx2", "openai", "anthropic"):  # a line per request otherwise
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     plan = SoakPlan(duration=args.duration, clients=args.clients, seed=args.seed)
     with tempfile.TemporaryDirectory(prefix="ollmlx-soak-") as tmp:
         workdir = args.keep or Path(tmp)

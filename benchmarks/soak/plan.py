@@ -54,6 +54,9 @@ class SoakPlan:
             "OLLMLX_PROMPT_CACHE": "64M",
             # Small, so over-limit bodies (413) are cheap to send; the limit logic is the same.
             "OLLMLX_MAX_BODY": "4M",
+            # Room for the chaos model's replacement beside the three loaded models: at the
+            # default (3) an unload makes the replacement evict an idle steady model.
+            "OLLAMA_MAX_LOADED_MODELS": "4",
         }
     )
 

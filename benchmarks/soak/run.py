@@ -142,6 +142,7 @@ async def _zombies(server: Server) -> list[str]:
 
 
 async def soak(server: Server, plan: SoakPlan, embedder: str) -> Report:
+    log.info("warming up")
     notes = await _warm_up(server, plan, embedder)
     await asyncio.sleep(1)
     start = snapshot(server)
@@ -160,6 +161,7 @@ async def soak(server: Server, plan: SoakPlan, embedder: str) -> Report:
             chaos.cancel()
         release_stopped(events)
     outcomes = [o for batch in per_client for o in batch]
+    log.info("%d requests; a last round of every dialect", len(outcomes))
     notes += await _final_round(server, plan, embedder)
     await asyncio.sleep(2)  # the last answers' sockets close
     notes += await _zombies(server)
@@ -175,6 +177,7 @@ async def soak(server: Server, plan: SoakPlan, embedder: str) -> Report:
 def run_soak(plan: SoakPlan, workdir: Path) -> Report:
     """Build the models, start a server in `workdir`, soak it, stop it."""
     random.seed(plan.seed)
+    log.info("building the models and starting a server in %s", workdir)
     server, embedder = _prepare(workdir, plan)
     try:
         report = asyncio.run(soak(server, plan, embedder))

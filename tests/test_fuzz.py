@@ -32,7 +32,7 @@ MODEL = "tiny"
 NUM_PREDICT = 3  # tokens a fuzzed generation may produce: enough to stream, never slow
 MAX_TOKENS, INT64_MIN = 131072, -(2**63)  # the document's bounds on a token budget
 TIMEOUT = 60.0  # seconds any one request may take; past it the request hangs (a failure)
-EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "12"))
+EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "50"))
 SEED = int(os.environ.get("FUZZ_SEED", "20261201"))
 # Boundary values and every type per field (schemathesis' coverage phase): hundreds of cases
 # per operation, so only in bigger runs (FUZZ_COVERAGE=1).

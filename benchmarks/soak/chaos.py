@@ -23,6 +23,7 @@ from .resources import worker_pids
 
 RECOVERY_TIMEOUT = 90.0  # the model must answer again within this long
 STOP_NOTICED = 30.0  # the monitor must kill a SIGSTOPped worker within this long
+UNLOAD_TRIES = 15
 
 
 @dataclass
@@ -66,6 +67,24 @@ async def _answers(http: httpx.AsyncClient) -> float | None:
     return None
 
 
+async def _unload(http: httpx.AsyncClient, pid: int) -> tuple[str, float | None]:
+    """`keep_alive: 0`, asked again each second for up to UNLOAD_TRIES seconds: the model
+    goes when its last running request ends, and, as in Ollama, a request that comes
+    after the unload and asks to keep the model (every soak request does: the server's
+    10m) keeps it. Under steady traffic the count of running requests seldom reaches
+    zero, so the unload is asked for until it happens (or the tries are over: not a
+    failure, the streams it must never cut are checked either way)."""
+    body = {"model": CHAOS, "keep_alive": 0}
+    for _ in range(UNLOAD_TRIES):
+        reply = await http.post("/api/generate", json=body)
+        if reply.status_code != 200 or reply.json().get("done_reason") != "unload":
+            return f"unload answered {reply.status_code}: {reply.text[:200]}", None
+        gone = await _gone(pid, 1.0)
+        if gone is not None:
+            return "", gone
+    return "", None
+
+
 async def _strike(server: Server, http: httpx.AsyncClient, action: str) -> ChaosEvent:
     pid = worker_pids(server).get(CHAOS, 0)
     if not pid:
@@ -76,10 +95,9 @@ async def _strike(server: Server, http: httpx.AsyncClient, action: str) -> Chaos
     elif action == "sigstop":
         os.kill(pid, signal.SIGSTOP)
     else:
-        body = {"model": CHAOS, "keep_alive": 0}
-        reply = await http.post("/api/generate", json=body)
-        if reply.status_code != 200 or reply.json().get("done_reason") != "unload":
-            event.problem = f"unload answered {reply.status_code}: {reply.text[:200]}"
+        event.problem, gone = await _unload(http, pid)
+        event.gone, event.recovered = gone, await _answers(http)
+        return event
     waited = STOP_NOTICED if action == "sigstop" else RECOVERY_TIMEOUT
     gone, event.recovered = await asyncio.gather(_gone(pid, waited), _answers(http))
     event.gone = gone

@@ -28,6 +28,11 @@ class Outcome:
     expected: tuple[int, ...] = ()  # a bad input's expected statuses (empty: a valid request)
 
     @property
+    def family(self) -> str:
+        """The kind without its streamed/whole suffix: "openai.chat", "ollama.embed"."""
+        return self.kind.removesuffix(".stream").removesuffix(".whole")
+
+    @property
     def bad(self) -> bool:
         return bool(self.expected)
 

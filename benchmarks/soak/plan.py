@@ -20,8 +20,9 @@ class Bounds:
     - supervisor files and pipes (fds that are not sockets): 4. The same workers are
       loaded at both snapshots, so their pipes are as many; each leaked pipe or file shows.
     - supervisor sockets to workers: none to a worker that is gone (a killed worker's
-      connections must be closed); to live ones at most 2 per concurrent client (its
-      keep-alive pool).
+      connections must be closed); to each live worker at most one per client plus 2 (the
+      keep-alive pool holds at most as many as were ever busy at once: the chaos probe
+      and the last round add one each). A leak grows with the requests, thousands.
     - long-lived worker RSS: 128 MiB (its prompt cache, OLLMLX_PROMPT_CACHE=64M in the
       soak, may fill, plus MLX's buffer cache), and its non-socket fds: 4.
     Workers that chaos replaced are reported, not bounded: they are younger than the run.
@@ -29,7 +30,7 @@ class Bounds:
 
     supervisor_rss: int = 48 * MIB
     supervisor_files: int = 4
-    sockets_per_client: int = 2
+    pooled_spare: int = 2  # sockets per live worker beyond one per client
     worker_rss: int = 128 * MIB
     worker_files: int = 4
 

@@ -46,8 +46,8 @@ class Report:
                 )
             elif not o.bad and o.result == ERROR and not self.excused(o):
                 found.append(f"unexpected error in {o.kind} on {o.model}: {o.label}")
-        good = {o.kind.rsplit(".", 1)[0] for o in self.outcomes if o.result == OK and not o.bad}
-        tried = {o.kind.rsplit(".", 1)[0] for o in self.outcomes if not o.bad}
+        good = {o.family for o in self.outcomes if o.result == OK and not o.bad}
+        tried = {o.family for o in self.outcomes if not o.bad}
         found += [f"no successful {kind} request" for kind in sorted(tried - good)]
         found += [f"chaos {e.action}: {e.problem}" for e in self.events if e.problem]
         found += self.notes
@@ -60,7 +60,7 @@ class Report:
         found += _grew("supervisor non-socket fds", start.files, end.files, bounds.supervisor_files)
         if end.to_gone:
             found.append(f"supervisor holds {end.to_gone} socket(s) to workers that are gone")
-        most = bounds.sockets_per_client * self.plan.clients
+        most = self.most_sockets()
         if end.to_workers > most:
             found.append(f"supervisor holds {end.to_workers} sockets to workers (bound {most})")
         for name in self.long_lived:
@@ -73,6 +73,10 @@ class Report:
                 f"{name} worker non-socket fds", before.files, after.files, bounds.worker_files
             )
         return found
+
+    def most_sockets(self) -> int:
+        """The bound on the supervisor's sockets to live workers (see plan.Bounds)."""
+        return len(self.end.workers) * (self.plan.clients + self.plan.bounds.pooled_spare)
 
     def render(self) -> str:
         out = [self._summary(), "", self._by_kind(), "", self._errors(), "", self._chaos()]
@@ -127,6 +131,8 @@ class Report:
                 else "never answered again"
             )
             gone = f"process gone after {e.gone - e.at:.1f}s" if e.gone else "process never went"
+            if e.action == "unload" and not e.gone:
+                gone = "kept loaded: later requests asked to keep it, as in Ollama"
             lines.append(
                 f"  {e.action:8s} pid {e.pid} at {at:6.1f}s: {gone}, {back}"
                 + (f"  PROBLEM: {e.problem}" if e.problem else "")
@@ -156,7 +162,7 @@ class Report:
                 )
             )
         sup, b_ = end.supervisor, self.plan.bounds
-        most = b_.sockets_per_client * self.plan.clients
+        most = self.most_sockets()
         bounds = (
             f"bounds: supervisor RSS +{_mib(b_.supervisor_rss)}, non-socket fds "
             f"+{b_.supervisor_files}, sockets to workers <= {most} (end: {sup.to_workers}), "

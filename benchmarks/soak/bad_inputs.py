@@ -19,7 +19,7 @@ from .outcomes import ERROR, OK, REJECTED, Outcome, timed
 from .plan import EMBEDDER, STEADY
 from .session import Session
 
-USER = [{"role": "user", "content": "hi"}]
+USER: Any = [{"role": "user", "content": "hi"}]
 SMALL = {"num_predict": 2}
 MIB = 1 << 20
 
@@ -124,7 +124,9 @@ RAW: list[Bad] = [
 ]
 
 
-async def _raw_request(s: Session, bad: Bad) -> Outcome:
+async def send_raw(s: Session, bad: Bad) -> Outcome:
+    """One raw client error; the outcome says whether it got its expected status."""
+
     async def request() -> None:
         response = await s.http.post(
             bad.path, content=bad.body(), headers={"Content-Type": "application/json"}
@@ -177,4 +179,4 @@ async def _through_clients(s: Session) -> Outcome:
 async def bad_request(s: Session) -> Outcome:
     if s.rng.random() < 0.15:
         return await _through_clients(s)
-    return await _raw_request(s, s.rng.choice(RAW))
+    return await send_raw(s, s.rng.choice(RAW))

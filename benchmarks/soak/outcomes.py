@@ -107,6 +107,7 @@ async def timed(
 ) -> Outcome:
     """Run one request; its exceptions become the outcome (never the caller's problem)."""
     started = time.monotonic()
+    status: int | None
     try:
         await asyncio.wait_for(request(), timeout)
         result, status, message = OK, 200, ""

@@ -97,7 +97,9 @@ class Report:
         groups: dict[str, list[Outcome]] = defaultdict(list)
         for o in self.outcomes:
             groups["bad inputs" if o.bad else o.kind].append(o)
-        rows = [("kind", "n", "ok", "dropped", "as expected", "errors", "lost", "p50 ms", "p99 ms")]
+        rows: list[tuple[str, ...]] = [
+            ("kind", "n", "ok", "dropped", "as expected", "errors", "lost", "p50 ms", "p99 ms")
+        ]
         everything = [o for o in self.outcomes if not o.bad]
         for name, items in [*sorted(groups.items()), ("all valid requests", everything)]:
             c = Counter(o.result for o in items)
@@ -141,7 +143,7 @@ class Report:
 
     def _resources(self) -> str:
         head = ("process", "pid start/end", "RSS start", "RSS end", "growth", "fds start/end")
-        rows = [(*head, "non-socket fds start/end")]
+        rows: list[tuple[str, ...]] = [(*head, "non-socket fds start/end")]
         start, end = self.start, self.end
         pairs: list[tuple[str, ProcStat | None, ProcStat | None]] = [
             ("supervisor", start.supervisor, end.supervisor)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
-import random
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -16,9 +16,9 @@ from tests.conftest import Server, start_server
 from tests.tinymodel import build_tiny_model
 
 from . import anthropic_clients, ollama_clients, openai_clients
-from .bad_inputs import RAW, _raw_request, bad_request
+from .bad_inputs import RAW, bad_request, send_raw
 from .chaos import ChaosEvent, release_stopped, run_chaos
-from .outcomes import OK, Outcome
+from .outcomes import DISCONNECTED, OK, REJECTED, Outcome
 from .plan import CHAOS, EMBEDDER, STEADY, SoakPlan
 from .report import Report
 from .resources import snapshot
@@ -97,12 +97,14 @@ async def _warm_up(server: Server, plan: SoakPlan, embedder: str) -> list[str]:
         for model in (CHAOS, STEADY):
             for request in GENERATION:
                 outcome = await request(session, model)
-                if outcome.result != OK and outcome.result != "disconnected":
+                if outcome.result not in (OK, DISCONNECTED):
                     problems.append(f"warm-up {outcome.kind} on {model}: {outcome.label}")
         for request in EMBEDDING:
             await request(session, embedder)
         for bad in RAW:
-            await _raw_request(session, bad)
+            outcome = await send_raw(session, bad)
+            if outcome.result != REJECTED:
+                problems.append(f"warm-up {outcome.kind}: {outcome.label}")
     finally:
         await session.close()
     burst = [
@@ -116,7 +118,7 @@ async def _warm_up(server: Server, plan: SoakPlan, embedder: str) -> list[str]:
 async def _final_round(server: Server, plan: SoakPlan, embedder: str) -> list[str]:
     """After the chaos and the traffic, every dialect still answers on every model."""
     session = Session.open(server.url, plan, plan.seed + 1)
-    session.plan = SoakPlan(**{**plan.__dict__, "disconnect_rate": 0.0})
+    session.plan = dataclasses.replace(plan, disconnect_rate=0.0)
     problems = []
     try:
         checks = [(r, m) for r in GENERATION for m in (CHAOS, STEADY)]
@@ -176,7 +178,6 @@ async def soak(server: Server, plan: SoakPlan, embedder: str) -> Report:
 
 def run_soak(plan: SoakPlan, workdir: Path) -> Report:
     """Build the models, start a server in `workdir`, soak it, stop it."""
-    random.seed(plan.seed)
     log.info("building the models and starting a server in %s", workdir)
     server, embedder = _prepare(workdir, plan)
     try:

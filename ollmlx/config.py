@@ -135,6 +135,7 @@ class Settings:
     origins: tuple[str, ...] = ()
     shutdown_grace: float = 10.0
     prompt_cache_bytes: int = 1 << 30  # per worker; 0 turns prompt caching off
+    prompt_cache_disk_bytes: int = 0  # per model: long prefixes kept on disk; 0: off
     worker_memory_limit: int = 0  # bytes one worker may use; 0: what the OS has free
     # A worker is asked this often whether it lives; one silent for `health_timeout` (or
     # whose engine died) is killed and replaced: a SIGSTOPped worker goes within ~5 s.
@@ -281,6 +282,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         origins=origins,
         shutdown_grace=_duration(env, "OLLMLX_SHUTDOWN_GRACE", d.shutdown_grace),
         prompt_cache_bytes=_size(env, "OLLMLX_PROMPT_CACHE", d.prompt_cache_bytes, total_memory),
+        prompt_cache_disk_bytes=_size(
+            env, "OLLMLX_PROMPT_CACHE_DISK", d.prompt_cache_disk_bytes, total_memory
+        ),
         worker_memory_limit=_size(
             env, "OLLMLX_WORKER_MEMORY_LIMIT", d.worker_memory_limit, total_memory
         ),

@@ -67,6 +67,7 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "presence_penalty": 0.0,
     "frequency_penalty": 0.0,
     "seed": None,  # -1 there: a random seed
+    "num_keep": 4,
 }
 
 

@@ -30,6 +30,7 @@ class Sampling(msgspec.Struct, omit_defaults=True):
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     num_ctx: int = 4096
+    num_keep: int = 4  # tokens a context shift always keeps (Ollama's DefaultOptions)
 
 
 class Message(msgspec.Struct, omit_defaults=True):
@@ -66,6 +67,9 @@ class CompletionRequest(msgspec.Struct, omit_defaults=True):
     context: list[int] | None = None
     # True: drop the oldest tokens to fit num_ctx; False: fail when the prompt is too long.
     truncate: bool = True
+    # True: a full context slides (the oldest tokens after num_keep go); False: the prompt
+    # must fit, and generation ends at the context's end with done_reason "length".
+    shift: bool = True
     return_context: bool = False
     # None, "json" or a JSON Schema: decoding is constrained to it.
     format: Any = None
@@ -125,6 +129,9 @@ class Health(msgspec.Struct):
     context_length: int = 0
     error: str | None = None
     progress: float = 0.0  # load progress 0..1, resets the supervisor's stall timer
+    # What MLX holds now: arrays in use, and freed buffers it keeps for reuse.
+    active_bytes: int = 0
+    cache_bytes: int = 0
 
 
 class EmbedRequest(msgspec.Struct, omit_defaults=True):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import httpx
 import ollama
 import psutil
 import pytest
@@ -34,12 +35,21 @@ def test_only_temperature_zero_gives_in_process_mlx_lms_greedy_tokens(
     tmp_path: Path, tiny_model_dir: Path
 ) -> None:
     # No option but temperature: Ollama's DefaultOptions apply, repeat_penalty 1.0 among
-    # them, so the answer is plain greedy decoding. OLLAMA_CONTEXT_LENGTH bounds it.
+    # them, so the answer is plain greedy decoding. OLLAMA_CONTEXT_LENGTH bounds it (with
+    # `shift` off; on, the window would slide on for up to 10 contexts, as in Ollama).
     server = start_server(tmp_path, OLLAMA_CONTEXT_LENGTH="96")
     try:
         with server.client() as client:
             client.create(model="tiny", from_=str(tiny_model_dir))
-            result = client.generate(model="tiny", prompt="hello world", options={"temperature": 0})
+            body = {
+                "model": "tiny",
+                "prompt": "hello world",
+                "options": {"temperature": 0},
+                "shift": False,
+                "stream": False,
+            }
+            reply = httpx.post(server.url + "/api/generate", json=body, timeout=120)
+            result = ollama.GenerateResponse(**reply.json())
             assert running_context(client, "tiny") == 96
     finally:
         server.stop()
@@ -65,6 +75,7 @@ def test_default_options_are_ollamas() -> None:
         "presence_penalty": 0.0,
         "frequency_penalty": 0.0,
         "seed": None,
+        "num_keep": 4,
     }
 
 

@@ -202,3 +202,31 @@ def test_worker_writes_finished_client_lines_when_asked(worker: tuple) -> None:
     assert "".join(t["message"]["content"] for t in tokens) == "".join(
         e["text"] for e in events if e["type"] == "token"
     )
+
+
+def test_an_idle_worker_gives_mlxs_freed_buffers_back(worker: tuple) -> None:
+    """After a long request, MLX's buffer cache is emptied once the worker idles: an idle
+    model holds its weights and its prompt cache, not the buffers of its last prefill."""
+    _proc, port, secret = worker
+    url = f"http://127.0.0.1:{port}"
+    headers = {SECRET_HEADER: secret}
+    assert wait_for(lambda: httpx.get(url + "/health", headers=headers).json()["status"] == "ok")
+    loaded = httpx.get(url + "/health", headers=headers).json()
+    request = CompletionRequest(
+        prompt="a long prompt " * 500, sampling=Sampling(temperature=0, num_predict=8)
+    )
+    with httpx.stream(
+        "POST", url + "/completion", content=encoder.encode(request), headers=headers
+    ) as response:
+        lines = [json.loads(line) for line in response.iter_lines() if line]
+    assert lines[-1]["type"] == "done"
+
+    def idle() -> dict:
+        return httpx.get(url + "/health", headers=headers).json()
+
+    assert wait_for(lambda: idle()["cache_bytes"] == 0)
+    held = idle()
+    # What it holds now: the weights plus the request's KV cache kept by the prompt cache
+    # (2 layers x 2 heads x 16 x 2 x 4 bytes = 512 bytes a token here), nothing more.
+    assert held["active_bytes"] >= loaded["active_bytes"]
+    assert held["active_bytes"] - loaded["active_bytes"] < 4 * 512 * 1024

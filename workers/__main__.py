@@ -87,6 +87,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--memory-limit", type=int, default=0, help="bytes; 0: no limit")
     parser.add_argument("--prompt-cache-bytes", type=int, default=0, help="0: no prompt cache")
     parser.add_argument("--max-body", type=int, default=64 << 20, help="request body limit")
+    parser.add_argument("--prompt-cache-dir", type=Path, default=None, help="the disk tier")
+    parser.add_argument("--prompt-cache-disk", type=int, default=0, help="its bytes; 0: off")
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(),
@@ -97,7 +99,12 @@ def main(argv: list[str] | None = None) -> None:
     if not secret:
         parser.error(f"{SECRET_ENV} must be set")
     _exit_when_orphaned(os.getppid())
-    engine = Engine(args.model_dir, args.adapter_dir, args.memory_limit, args.prompt_cache_bytes)
+    disk = None
+    if args.prompt_cache_dir is not None and args.prompt_cache_disk > 0:
+        disk = (args.prompt_cache_dir, args.prompt_cache_disk)
+    engine = Engine(
+        args.model_dir, args.adapter_dir, args.memory_limit, args.prompt_cache_bytes, disk
+    )
     asyncio.run(_serve(create_app(engine, secret, args.max_body), engine, args.port))
     log.info("stopped")
     logging.shutdown()

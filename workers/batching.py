@@ -14,10 +14,14 @@ generator, with the prompt cache emptied since its entries may hold the failed g
 from __future__ import annotations
 
 import logging
+import time
+from dataclasses import dataclass
 from typing import Any
 
 from .constrain import GrammarProcessor, make_llg_tokenizer
+from .disk_cache import DiskPromptCache, cached_entries, spilling_cache
 from .faults import inject
+from .prompts import shift_window
 from .sampling import build_logits_processors, build_sampler
 from .sequence import Sequence, response_parser
 
@@ -26,14 +30,28 @@ log = logging.getLogger("ollmlx.worker")
 PREFILL_STEP = 512  # prompt tokens per prefill chunk between two decode steps
 CACHE_KEY = "model"  # one model per worker: every cached prefix belongs to it
 MAX_CACHED_PREFIXES = 16
+OPEN_ENDED_CONTEXTS = 10  # num_predict -1 with shift: at most this many context windows
+
+
+@dataclass
+class _Decoding:
+    """How a sequence samples, and the tokens in its context window now."""
+
+    sampler: Any
+    processors: list[Any]
+    window: list[int]
 
 
 class BatchRunner:
     def __init__(
-        self, model: Any, tokenizer: Any, cache_bytes: int = 0, max_batch: int = 32
+        self,
+        model: Any,
+        tokenizer: Any,
+        cache_bytes: int = 0,
+        max_batch: int = 32,
+        disk: DiskPromptCache | None = None,
     ) -> None:
         from mlx_lm.generate import BatchGenerator
-        from mlx_lm.models.cache import LRUPromptCache
 
         self._tokenizer = tokenizer
         self._eos = set(tokenizer.eos_token_ids)
@@ -47,15 +65,16 @@ class BatchRunner:
         self._generator = self._make()
         self._active: dict[int, Sequence] = {}
         self._detokenizers: dict[int, Any] = {}
+        self._decoding: dict[int, _Decoding] = {}  # what a context shift re-inserts
         self.vocab_size = int(model.args.vocab_size) if hasattr(model, "args") else 0
         self._llg_tokenizer: Any = None  # built on the first constrained request
         self._cache_bytes = cache_bytes
         # KV caches of finished requests, by token prefix: a chat's next turn only
         # prefills what is new. Bounded in bytes, least recently used out first.
+        # A disk tier keeps long prefixes across restarts (`OLLMLX_PROMPT_CACHE_DISK`).
+        self._disk = disk
         self._new_cache = lambda: (
-            LRUPromptCache(max_size=MAX_CACHED_PREFIXES, max_bytes=cache_bytes)
-            if cache_bytes > 0
-            else None
+            spilling_cache(MAX_CACHED_PREFIXES, cache_bytes, disk) if cache_bytes > 0 else None
         )
         self._cache = self._new_cache()
 
@@ -81,32 +100,53 @@ class BatchRunner:
             processors.append(seq.grammar)  # last: it masks what the sampler really sees
         cache, rest = self._cached_prefix(prompt)
         seq.reused = len(prompt) - len(rest)
+        sampler = build_sampler(options, self.vocab_size)
         (uid,) = self._generator.insert(
             [rest],
             max_tokens=[max_tokens],
             caches=[cache],
             all_tokens=[prompt[: seq.reused]],
-            samplers=[build_sampler(options, self.vocab_size)],
+            samplers=[sampler],
             logits_processors=[processors],
         )
         if seq.reused:
             log.debug("prompt cache: reused %d of %d prompt tokens", seq.reused, len(prompt))
         self._active[uid] = seq
         self._detokenizers[uid] = self._tokenizer.detokenizer
+        self._decoding[uid] = _Decoding(sampler, processors, list(prompt))
 
     def _cached_prefix(self, prompt: list[int]) -> tuple[Any, list[int]]:
-        """The KV cache of the longest cached prefix of `prompt`, and what is left."""
+        """The KV cache of the longest cached prefix of `prompt` (memory or disk), and
+        what is left to prefill."""
         if self._cache is None:
             return None, prompt
         from mlx_lm.models.cache import trim_prompt_cache
 
         cache, rest = self._cache.fetch_nearest_cache(CACHE_KEY, prompt)
         if cache is None:
+            rest = prompt
+        on_disk = self._disk.longest_prefix(prompt) if self._disk is not None else 0
+        if self._disk is not None and on_disk > len(prompt) - len(rest):
+            loaded = self._disk.load(prompt, on_disk)
+            if loaded is not None:
+                cache, rest = loaded, prompt[on_disk:]
+        if cache is None:
             return None, prompt
         if not rest:  # an exact hit: recompute the last token to get its logits
             trim_prompt_cache(cache, 1)
             rest = prompt[-1:]
         return cache, list(rest)
+
+    def flush_to_disk(self, budget: float = 2.0) -> None:
+        """Before the worker stops: its in-memory prefixes go to the disk tier (within
+        `budget` seconds, so a stop is never held up for long)."""
+        if self._cache is None or self._disk is None:
+            return
+        deadline = time.monotonic() + budget
+        for tokens, cache in sorted(cached_entries(self._cache), key=lambda e: -len(e[0])):
+            if time.monotonic() > deadline:
+                break
+            self._disk.store(tokens, cache)
 
     def _keep_cache(self, tokens: list[int] | None, cache: Any) -> None:
         if self._cache is None or not tokens or cache is None:
@@ -156,6 +196,7 @@ class BatchRunner:
         detokenizer = self._detokenizers[uid]
         detokenizer.add_token(token)
         seq.token(token, detokenizer.last_segment, response.logprobs)
+        self._decoding[uid].window.append(token)
         if seq.stopped:
             if finish is None:
                 removed = self._generator.remove([uid], return_prompt_caches=True)
@@ -163,10 +204,45 @@ class BatchRunner:
                     self._keep_cache(tokens, cache)
             self._finish(uid, seq, "stop")
         elif finish is not None:
+            if finish == "length" and self._shift(uid, seq):
+                return
             self._finish(uid, seq, finish)
+
+    def _shift(self, uid: int, seq: Sequence) -> bool:
+        """The context is full but the answer may go on (`shift`, num_predict left): keep
+        num_keep tokens, free half of the rest (as llama.cpp's context shift does for
+        Ollama) and continue the same sequence on the shorter window, re-prefilled."""
+        options, decoding = seq.request.sampling, self._decoding[uid]
+        if not seq.request.shift or seq.grammar is not None:
+            return False  # a grammar follows the whole answer: it cannot lose its start
+        # Open-ended answers are bounded at several context windows, as Ollama bounds
+        # them (llm/llama_server.go boundedNumPredict: 10 x num_ctx).
+        limit = OPEN_ENDED_CONTEXTS * options.num_ctx
+        budget = options.num_predict if 0 <= options.num_predict <= limit else limit
+        if budget <= len(seq.generated):
+            return False
+        if len(decoding.window) < options.num_ctx:
+            return False  # it ended for another reason (its own token budget)
+        bos = getattr(self._tokenizer, "bos_token_id", None)
+        window = shift_window(decoding.window, options.num_ctx, options.num_keep, bos)
+        room = options.num_ctx - len(window)
+        left = budget - len(seq.generated)
+        (new_uid,) = self._generator.insert(
+            [window],
+            max_tokens=[min(room, left)],
+            samplers=[decoding.sampler],
+            logits_processors=[decoding.processors],
+        )
+        log.debug("context shift: kept %d of %d tokens", len(window), len(decoding.window))
+        decoding.window = window
+        self._active[new_uid] = self._active.pop(uid)
+        self._detokenizers[new_uid] = self._detokenizers.pop(uid)
+        self._decoding[new_uid] = self._decoding.pop(uid)
+        return True
 
     def _finish(self, uid: int, seq: Sequence, reason: str) -> None:
         del self._active[uid]
+        self._decoding.pop(uid, None)
         detokenizer = self._detokenizers.pop(uid)
         detokenizer.finalize()
         seq.finish(reason, detokenizer.last_segment)
@@ -175,6 +251,7 @@ class BatchRunner:
         """Forget one sequence (the generator too), whatever state it is in."""
         self._active.pop(uid, None)
         self._detokenizers.pop(uid, None)
+        self._decoding.pop(uid, None)
         try:
             self._generator.remove([uid])
         except Exception:  # its state is unknown: start over rather than guess
@@ -189,6 +266,7 @@ class BatchRunner:
         for uid in gone:
             seq = self._active.pop(uid)
             self._detokenizers.pop(uid, None)
+            self._decoding.pop(uid, None)
             # The client went away: stopped within one decode step.
             log.info("request cancelled by the client after %d tokens", len(seq.generated))
 
@@ -198,6 +276,7 @@ class BatchRunner:
             seq.fail(message, status)
         self._active.clear()
         self._detokenizers.clear()
+        self._decoding.clear()
         self._generator.close()
         self._generator = self._make()  # its state is unknown after a failed step
         self._cache = self._new_cache()  # cached entries may hold the failed graph

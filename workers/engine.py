@@ -69,8 +69,10 @@ class Engine:
         adapter_dir: Path | None = None,
         memory_limit: int = 0,
         prompt_cache_bytes: int = 0,
+        prompt_cache_disk: tuple[Path, int] | None = None,
     ) -> None:
         self.model_dir = model_dir
+        self.prompt_cache_disk = prompt_cache_disk  # (folder, bytes): the disk tier
         self.adapter_dir = adapter_dir
         self.memory_limit = memory_limit  # bytes this worker may use; 0: what the OS has free
         self._kv_bytes_per_token = 0
@@ -149,6 +151,12 @@ class Engine:
             self._die(f"model runner failed: {type(exc).__name__}: {exc}")
             return
         self._die(STOPPING, status="stopping")
+        flush = getattr(self._batch, "flush_to_disk", None)
+        if flush is not None:
+            try:
+                flush()  # long prefixes outlive this worker
+            except Exception:
+                log.exception("writing the prompt cache to disk failed")
 
     def _serve(self) -> None:
         from .batching import BatchRunner
@@ -158,10 +166,19 @@ class Engine:
 
             self._batch = VisionRunner(self.model, self.tokenizer)
         elif self.generative:
-            self._batch = BatchRunner(self.model, self.tokenizer, self.prompt_cache_bytes)
+            disk = None
+            if self.prompt_cache_disk is not None and self.prompt_cache_bytes > 0:
+                from .disk_cache import DiskPromptCache
+
+                disk = DiskPromptCache(*self.prompt_cache_disk)
+            self._batch = BatchRunner(
+                self.model, self.tokenizer, self.prompt_cache_bytes, disk=disk
+            )
         while True:
             # Idle: wait for work. Busy: take what has arrived and keep decoding.
             busy = self._batch is not None and self._batch.busy
+            if not busy and self._jobs.empty():
+                self._clear_cache()  # idle: give the freed buffers back
             self._taken = self._take_jobs(block=not busy)
             while self._taken:
                 job = self._taken[0]  # still listed while it runs: _die answers it
@@ -175,6 +192,20 @@ class Engine:
                 self._taken.pop(0)
             if self._batch is not None:
                 self._batch.step()
+
+    def _clear_cache(self) -> None:
+        import mlx.core as mx
+
+        if mx.get_cache_memory():
+            mx.clear_cache()
+
+    def memory_now(self) -> tuple[int, int]:
+        """(active, cached) bytes MLX holds: what /api/ps reports as the model's size."""
+        if self.status != "ok":
+            return self.memory_bytes, 0
+        import mlx.core as mx
+
+        return int(mx.get_active_memory()), int(mx.get_cache_memory())
 
     def _die(self, message: str, status: str = "error") -> None:
         """End every request in flight and every queued one with an error line."""
@@ -250,6 +281,9 @@ class Engine:
             self.model, self.tokenizer = load(str(self.model_dir), adapter_path=adapter)
         weights = sum(v.nbytes for _, v in tree_flatten(self.model.parameters()))
         self.memory_bytes = max(int(mx.get_active_memory()), int(weights))
+        # MLX keeps freed buffers for reuse; on a Mac that is unified memory taken from
+        # every other app and model. Bound it; it is emptied whenever the worker idles.
+        mx.set_cache_limit(mlx_cache_limit(int(weights)))
         args = getattr(self.model, "args", None)
         self.context_length = int(getattr(args, "max_position_embeddings", 0) or 0)
         self.vocab_size = int(getattr(args, "vocab_size", 0) or 0)
@@ -299,6 +333,12 @@ class Engine:
                 "lower num_ctx or num_predict",
                 status=500,
             )
+
+
+def mlx_cache_limit(weights: int) -> int:
+    """Bytes of freed buffers MLX may keep: enough to reuse a decode step's allocations
+    (a quarter of the weights, within 64 MiB to 2 GiB), far from MLX's default (all)."""
+    return min(max(weights // 4, 64 << 20), 2 << 30)
 
 
 def _announce(status: str) -> None:

@@ -98,11 +98,15 @@ def chat_messages(request: CompletionRequest) -> list[Message]:
     return [*messages, Message(role="user", content=request.prompt or "")]
 
 
-def _truncate_front(tokens: list[int], limit: int, bos_id: int | None) -> list[int]:
-    # Keep the BOS token, like Ollama's num_keep, and the most recent tokens.
-    if bos_id is not None and tokens and tokens[0] == bos_id and limit > 1:
-        return [bos_id, *tokens[len(tokens) - (limit - 1) :]]
-    return tokens[len(tokens) - limit :]
+def shift_window(tokens: list[int], num_ctx: int, num_keep: int, bos_id: int | None) -> list[int]:
+    """A prompt too long for the context, cut as Ollama cuts it (llm/llama_server.go,
+    contextShiftPromptLimit): the first `num_keep` tokens (and the BOS) stay, then about
+    half of the rest of the context is freed so generation has room."""
+    keep = num_keep + (1 if bos_id is not None and tokens and tokens[0] == bos_id else 0)
+    keep = max(0, min(keep, num_ctx - 1))
+    limit = num_ctx - max((num_ctx - keep) // 2, 1)
+    discard = len(tokens) - limit
+    return [*tokens[:keep], *tokens[keep + discard :]]
 
 
 Sized = TypeVar("Sized", bound=collections.abc.Sized)
@@ -164,12 +168,20 @@ def check_token_ids(tokens: list[int], vocab_size: int) -> None:
             )
 
 
+PROMPT_TOO_LONG = (
+    "the prompt is longer than the context length currently available to the model; "
+    "shorten the prompt, adjust the context length in settings, or use a model with a "
+    "longer context length"
+)
+
+
 def build_prompt(tokenizer: Any, request: CompletionRequest, vocab_size: int = 0) -> list[int]:
     """Prompt token ids within num_ctx.
 
-    Too long: an error when `truncate` is off; else the oldest turns go, then the oldest
-    tokens, down to a size that leaves room to answer (num_predict tokens, at most half
-    the context).
+    Too long: an error when `truncate` is off; else the oldest turns go (down to a size
+    that leaves room to answer: num_predict tokens, at most half the context), then,
+    when even that is longer than the context, the oldest tokens after `num_keep`
+    (or an error when `shift` is off), as Ollama does.
     """
     num_ctx, num_predict = request.sampling.num_ctx, request.sampling.num_predict
     reserve = min(num_predict if num_predict > 0 else num_ctx // 4, num_ctx // 2)
@@ -193,10 +205,13 @@ def build_prompt(tokenizer: Any, request: CompletionRequest, vocab_size: int = 0
         tokens = render(messages)
     if request.context:
         tokens = [*request.context, *tokens]
-    if len(tokens) > num_ctx - 1 and not request.truncate:
-        raise StatusError("the input length exceeds the context length", 400)
-    if len(tokens) > limit and request.truncate:
-        tokens = _truncate_front(tokens, limit, getattr(tokenizer, "bos_token_id", None))
+    if len(tokens) > num_ctx - 1:
+        if not request.truncate:
+            raise StatusError("the input length exceeds the context length", 400)
+        if not request.shift:  # Ollama's wording (llm/llama_server.go)
+            raise StatusError(PROMPT_TOO_LONG, 400)
+        bos = getattr(tokenizer, "bos_token_id", None)
+        tokens = shift_window(tokens, num_ctx, request.sampling.num_keep, bos)
     if not tokens:
         raise StatusError("the prompt is empty after tokenization", 400)
     return tokens

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import msgspec
@@ -13,6 +14,7 @@ from aiohttp import web
 from ollmlx.errors import StatusError
 from ollmlx.protocol import (
     SECRET_HEADER,
+    DoneEvent,
     EmbedResponse,
     ErrorEvent,
     Health,
@@ -28,9 +30,37 @@ from .engine import EmbedJob, Engine, Job
 
 log = logging.getLogger("ollmlx.worker")
 
+
+class Outbox:
+    """Events from the engine thread to the event loop, with one wakeup per batch.
+
+    Each `call_soon_threadsafe` writes to the loop's self-pipe (a system call); a decode
+    step that emits one event per sequence needs only the first of them.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._lock = threading.Lock()
+        self._pending: list[tuple[asyncio.Queue[WorkerEvent], WorkerEvent]] = []
+
+    def put(self, queue: asyncio.Queue[WorkerEvent], event: WorkerEvent) -> None:
+        with self._lock:
+            self._pending.append((queue, event))
+            if len(self._pending) > 1:
+                return  # a drain is already on its way
+        self._loop.call_soon_threadsafe(self._drain)
+
+    def _drain(self) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, []
+        for queue, event in pending:
+            queue.put_nowait(event)
+
+
 ENGINE = web.AppKey("engine", Engine)
 SECRET = web.AppKey("secret", str)
 PROMPTS = web.AppKey("prompts", ThreadPoolExecutor)
+OUTBOX = web.AppKey("outbox", Outbox)
 
 
 @web.middleware
@@ -47,9 +77,12 @@ async def health(request: web.Request) -> web.Response:
     status, error = engine.status, engine.error
     if status in ("ok", "loading") and not engine.alive and engine.started:
         status, error = "error", error or "the engine thread is gone"
+    active, cached = engine.memory_now()
     body = Health(
         status=status,
-        memory_bytes=engine.memory_bytes,
+        memory_bytes=max(engine.memory_bytes, active + cached),
+        active_bytes=active,
+        cache_bytes=cached,
         context_length=engine.context_length,
         error=error,
         progress=1.0 if status == "ok" else 0.0,
@@ -67,7 +100,8 @@ async def completion(request: web.Request) -> web.StreamResponse:
         return web.json_response({"error": str(exc)}, status=400)
     loop = asyncio.get_running_loop()
     events: asyncio.Queue[WorkerEvent] = asyncio.Queue()
-    job = Job(completion_request, lambda e: loop.call_soon_threadsafe(events.put_nowait, e))
+    outbox = request.app[OUTBOX]
+    job = Job(completion_request, lambda e: outbox.put(events, e))
     if not engine.vision and engine.generative:
         # Template and tokenizer run beside the engine thread, not on it (no MLX there).
         try:
@@ -81,23 +115,28 @@ async def completion(request: web.Request) -> web.StreamResponse:
             return web.json_response({"error": f"{type(exc).__name__}: {exc}"}, status=500)
     engine.submit(job)
     response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
-    buffer = bytearray()
+    line, out = bytearray(), bytearray()
     try:
         await response.prepare(request)
         stream_as = completion_request.stream_as
-        while True:
+        ended = False
+        while not ended:
+            # Every event that is already here goes out in one write.
+            out.clear()
             event = await events.get()
-            if stream_as is not None and isinstance(event, TokenEvent):
-                # The client's own line, so the supervisor can pass it on untouched.
-                encoder.encode_into(token_chunk(stream_as, event), buffer)
-            else:
-                encoder.encode_into(event, buffer)
-            buffer.extend(b"\n")
-            await response.write(bytes(buffer))
-            if not isinstance(event, ErrorEvent) and getattr(event, "done_reason", None):
-                break
-            if isinstance(event, ErrorEvent):
-                break
+            while True:
+                if stream_as is not None and isinstance(event, TokenEvent):
+                    # The client's own line, so the supervisor can pass it on untouched.
+                    encoder.encode_into(token_chunk(stream_as, event), line)
+                else:
+                    encoder.encode_into(event, line)
+                out += line
+                out += b"\n"
+                ended = isinstance(event, ErrorEvent | DoneEvent)
+                if ended or events.empty():
+                    break
+                event = events.get_nowait()
+            await response.write(bytes(out))
     finally:
         # Runs on normal end and when aiohttp cancels us because the client left.
         job.cancelled.set()
@@ -142,6 +181,11 @@ def create_app(engine: Engine, secret: str, max_body: int = 64 << 20) -> web.App
     app[ENGINE] = engine
     app[SECRET] = secret
     app[PROMPTS] = ThreadPoolExecutor(max_workers=2, thread_name_prefix="prompt")
+
+    async def start_outbox(app: web.Application) -> None:
+        app[OUTBOX] = Outbox(asyncio.get_running_loop())
+
+    app.on_startup.append(start_outbox)
     app.router.add_get("/health", health)
     app.router.add_post("/completion", completion)
     app.router.add_post("/embed", embed)

@@ -12,6 +12,7 @@ from aiohttp import web
 
 from ..config import Settings
 from ..errors import StatusError
+from ..serving import prompt_disk
 from ..serving.runner import WorkerConfig, WorkerProcess, WorkerSpec
 from ..serving.scheduler import Scheduler
 from ..store.catalog import Store
@@ -105,6 +106,7 @@ def create_app(settings: Settings) -> web.Application:
             max_body=settings.max_body_bytes,
             health_interval=settings.health_interval,
             health_timeout=settings.health_timeout,
+            prompt_cache_disk=settings.prompt_cache_disk_bytes,
         )
 
         def spawn(spec: WorkerSpec) -> WorkerProcess:
@@ -112,8 +114,10 @@ def create_app(settings: Settings) -> web.Application:
 
         scheduler = Scheduler(settings, spawn)
         scheduler.start()
-        app[CONTEXT] = Context(settings, Store(settings.models_dir), scheduler, session)
+        store = Store(settings.models_dir)
+        app[CONTEXT] = Context(settings, store, scheduler, session)
         log.info("serving models from %s", settings.models_dir)
+        prompt_disk.collect(settings.models_dir, store.list())
         yield
         await scheduler.close()
         await session.close()

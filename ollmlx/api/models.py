@@ -16,6 +16,7 @@ from ..acquire.pull import Progress, Puller
 from ..acquire.quantize import convert, quant_bits
 from ..errors import StatusError
 from ..options import check_option
+from ..serving import prompt_disk
 from ..store.aliases import resolve
 from ..store.catalog import Manifest, StoredModel
 from ..store.modelfile import format_parameters, parse_modelfile, render_modelfile
@@ -96,13 +97,13 @@ async def ps(request: web.Request) -> web.Response:
             RunningModel(
                 name=ref.model.name.display,
                 model=ref.model.name.display,
-                size=ref.memory_bytes,
+                size=ref.held_bytes,
                 digest=ref.model.digest,
                 details=ref.model.manifest.details,
                 expires_at=expires,
                 # Metal's unified memory or CUDA: all of it is the GPU's; MLX on the CPU: none
                 # (`ollama ps` then says 100% CPU).
-                size_vram=0 if ctx.settings.backend == "cpu" else ref.memory_bytes,
+                size_vram=0 if ctx.settings.backend == "cpu" else ref.held_bytes,
                 context_length=num_ctx,
             )
         )
@@ -194,6 +195,7 @@ async def delete(request: web.Request) -> web.Response:
     await ctx.scheduler.retire(stored.name.display, "deleted")
     ctx.store.delete(name)
     log.info("deleted %s", stored.name.display)
+    await asyncio.to_thread(prompt_disk.collect, ctx.settings.models_dir, ctx.store.list())
     return web.Response(status=200)
 
 

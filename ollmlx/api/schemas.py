@@ -38,6 +38,7 @@ class GenerateRequest(msgspec.Struct):
     options: dict[str, Any] | None = None
     think: bool | str | None = None
     truncate: bool | None = None
+    shift: bool | None = None
     logprobs: bool = False
     top_logprobs: int = 0
 
@@ -52,6 +53,7 @@ class ChatRequest(msgspec.Struct):
     options: dict[str, Any] | None = None
     think: bool | str | None = None
     truncate: bool | None = None
+    shift: bool | None = None
     logprobs: bool = False
     top_logprobs: int = 0
 

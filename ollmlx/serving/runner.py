@@ -69,6 +69,7 @@ class WorkerSpec:
     name: str
     model_dir: Path
     adapter_dir: Path | None = None
+    prompt_cache_dir: Path | None = None  # the disk tier of its prompt cache, if any
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,7 @@ class WorkerConfig:
     max_body: int = 64 << 20  # the worker accepts what the supervisor accepted
     health_interval: float = 2.0  # a silent stream asks the worker this often if it lives
     health_timeout: float = 3.0  # how long that question may take
+    prompt_cache_disk: int = 0  # bytes of the prompt cache's disk tier; 0: off
 
 
 class WorkerProcess:
@@ -106,7 +108,8 @@ class WorkerProcess:
         self._announced = asyncio.Event()
         self._readers: list[asyncio.Task[None]] = []
         self.port = 0
-        self.memory_bytes = 0
+        self.memory_bytes = 0  # at load: weights (and what loading left allocated)
+        self.held_bytes = 0  # at the last health check: what MLX holds, cache included
         self.context_length = 0
         self.stopping = False  # stop() was called: an exit from now on is expected
 
@@ -153,6 +156,9 @@ class WorkerProcess:
             args += ["--memory-limit", str(config.memory_limit)]
         args += ["--prompt-cache-bytes", str(config.prompt_cache_bytes)]
         args += ["--max-body", str(config.max_body)]
+        if config.prompt_cache_disk and self.spec.prompt_cache_dir is not None:
+            args += ["--prompt-cache-dir", str(self.spec.prompt_cache_dir)]
+            args += ["--prompt-cache-disk", str(config.prompt_cache_disk)]
         # Own session: a terminal's Ctrl-C reaches the supervisor, which stops workers in
         # order. The stdin pipe tells the worker when the supervisor is gone.
         self._proc = await asyncio.create_subprocess_exec(
@@ -222,7 +228,10 @@ class WorkerProcess:
             headers={SECRET_HEADER: self._secret},
             timeout=aiohttp.ClientTimeout(total=timeout),
         ) as response:
-            return health_decoder.decode(await response.read())
+            health = health_decoder.decode(await response.read())
+        if health.status == "ok":
+            self.held_bytes = health.active_bytes + health.cache_bytes
+        return health
 
     async def health_problem(self, timeout: float) -> str | None:
         """None when the worker answers its health check with "ok"; else what is wrong
@@ -273,11 +282,18 @@ class WorkerProcess:
                         break
                     pending += chunk
                     *lines, pending = pending.split(b"\n")
+                    ready = bytearray()  # finished client lines (`stream_as`): not decoded
                     for line in lines:
                         if line.startswith(EVENT_PREFIX):
+                            if ready:
+                                yield bytes(ready)
+                                ready.clear()
                             yield event_decoder.decode(line)
-                        elif line:  # a finished client line (`stream_as`): not decoded
-                            yield line + b"\n"
+                        elif line:
+                            ready += line
+                            ready += b"\n"
+                    if ready:  # the lines that came together go out in one write
+                        yield bytes(ready)
         except aiohttp.ClientConnectorError as exc:
             await self._wait_exit(0.5)  # reaped: the scheduler sees it is gone
             log.warning("worker %s is gone (%s)", self.spec.name, exc)

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from ..config import Settings
 from ..errors import StatusError
 from ..store.catalog import StoredModel
+from .prompt_disk import folder_for
 from .runner import WorkerProcess, WorkerSpec
 
 log = logging.getLogger("ollmlx.scheduler")
@@ -58,7 +59,14 @@ class RunnerRef:
 
     @property
     def memory_bytes(self) -> int:
-        return self.worker.memory_bytes or self.estimate
+        """What the budget counts: the estimate (weights + a full KV cache for the
+        context) until the worker holds more than that."""
+        return max(self.estimate, self.worker.held_bytes, self.worker.memory_bytes)
+
+    @property
+    def held_bytes(self) -> int:
+        """What the worker really holds (its last health check), as /api/ps shows it."""
+        return self.worker.held_bytes or self.worker.memory_bytes or self.estimate
 
     @property
     def loaded(self) -> bool:
@@ -241,7 +249,8 @@ class Scheduler:
         return min(idle, key=lambda r: r.last_used) if idle else None
 
     def _start(self, model: StoredModel, estimate: int) -> RunnerRef:
-        spec = WorkerSpec(model.name.display, model.model_dir, model.adapter_dir)
+        disk = folder_for(self._settings.models_dir, model.model_dir, model.adapter_dir)
+        spec = WorkerSpec(model.name.display, model.model_dir, model.adapter_dir, disk)
         worker = self._spawn(spec)
         ref = RunnerRef(model, worker, estimate, asyncio.Semaphore(self._settings.num_parallel))
         ref.ready = asyncio.ensure_future(self._load_worker(ref))

@@ -40,6 +40,7 @@ class FakeWorker:
         self.killed = False
         self.problem: str | None = None
         self.memory_bytes = 100
+        self.held_bytes = 0
         self.pid = id(self)
         self.stderr_tail = ""
 

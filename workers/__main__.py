@@ -89,6 +89,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-body", type=int, default=64 << 20, help="request body limit")
     parser.add_argument("--prompt-cache-dir", type=Path, default=None, help="the disk tier")
     parser.add_argument("--prompt-cache-disk", type=int, default=0, help="its bytes; 0: off")
+    parser.add_argument("--draft-dir", type=Path, default=None, help="a draft model")
+    parser.add_argument("--draft-num-predict", type=int, default=4, help="drafts per round")
+    parser.add_argument("--kv-cache-type", default="f16", choices=("f16", "q8_0", "q4_0"))
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(),
@@ -103,7 +106,14 @@ def main(argv: list[str] | None = None) -> None:
     if args.prompt_cache_dir is not None and args.prompt_cache_disk > 0:
         disk = (args.prompt_cache_dir, args.prompt_cache_disk)
     engine = Engine(
-        args.model_dir, args.adapter_dir, args.memory_limit, args.prompt_cache_bytes, disk
+        args.model_dir,
+        args.adapter_dir,
+        args.memory_limit,
+        args.prompt_cache_bytes,
+        disk,
+        draft_dir=args.draft_dir,
+        draft_num_predict=args.draft_num_predict,
+        kv_cache_type=args.kv_cache_type,
     )
     asyncio.run(_serve(create_app(engine, secret, args.max_body), engine, args.port))
     log.info("stopped")

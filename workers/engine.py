@@ -70,10 +70,18 @@ class Engine:
         memory_limit: int = 0,
         prompt_cache_bytes: int = 0,
         prompt_cache_disk: tuple[Path, int] | None = None,
+        draft_dir: Path | None = None,
+        draft_num_predict: int = 4,
+        kv_cache_type: str = "f16",
     ) -> None:
         self.model_dir = model_dir
         self.prompt_cache_disk = prompt_cache_disk  # (folder, bytes): the disk tier
         self.adapter_dir = adapter_dir
+        self.draft_dir = draft_dir  # speculative decoding (speculative.py)
+        self.draft_num_predict = draft_num_predict
+        self.draft: Any = None
+        self.kv_cache_type = kv_cache_type  # f16, q8_0 or q4_0 (kvquant.py)
+        self._kv = (0, 0)  # (bits, group size) of a quantized KV cache
         self.memory_limit = memory_limit  # bytes this worker may use; 0: what the OS has free
         self._kv_bytes_per_token = 0
         self.prompt_cache_bytes = prompt_cache_bytes
@@ -172,7 +180,14 @@ class Engine:
 
                 disk = DiskPromptCache(*self.prompt_cache_disk)
             self._batch = BatchRunner(
-                self.model, self.tokenizer, self.prompt_cache_bytes, disk=disk
+                self.model,
+                self.tokenizer,
+                self.prompt_cache_bytes,
+                disk=disk,
+                draft=self.draft,
+                num_draft=self.draft_num_predict,
+                kv_bits=self._kv[0],
+                kv_group=self._kv[1],
             )
         while True:
             # Idle: wait for work. Busy: take what has arrived and keep decoding.
@@ -279,7 +294,9 @@ class Engine:
             self.model = self._embedder.forward
         else:
             self.model, self.tokenizer = load(str(self.model_dir), adapter_path=adapter)
-        weights = sum(v.nbytes for _, v in tree_flatten(self.model.parameters()))
+            self._load_extras()
+        models = [self.model] if self.draft is None else [self.model, self.draft]
+        weights = sum(v.nbytes for m in models for _, v in tree_flatten(m.parameters()))
         self.memory_bytes = max(int(mx.get_active_memory()), int(weights))
         # MLX keeps freed buffers for reuse; on a Mac that is unified memory taken from
         # every other app and model. Bound it; it is emptied whenever the worker idles.
@@ -290,7 +307,9 @@ class Engine:
         if self.vision:
             self.context_length, self._kv_bytes_per_token = vision.sizes(self.model)
         elif self.generative:
-            self._kv_bytes_per_token = _kv_bytes_per_token(self.model)
+            self._kv_bytes_per_token = _kv_bytes_per_token(self.model, *self._kv)
+            if self.draft is not None:
+                self._kv_bytes_per_token += _kv_bytes_per_token(self.draft)
         else:
             self.context_length = self._embedder.max_tokens
         log.info(
@@ -299,6 +318,15 @@ class Engine:
             time.perf_counter() - started,
             self.memory_bytes >> 20,
         )
+
+    def _load_extras(self) -> None:
+        """A text model's draft (DRAFT) and KV cache kind (kv_cache_type)."""
+        from .kvquant import kv_settings
+        from .speculative import load_draft
+
+        self._kv = kv_settings(self.model, self.kv_cache_type)
+        if self.draft_dir is not None:
+            self.draft = load_draft(self.draft_dir, self.model, self.tokenizer)
 
     def _embed(self, job: EmbedJob) -> None:
         """One embedding request, run to the end here (a few batched forward passes)."""
@@ -346,8 +374,9 @@ def _announce(status: str) -> None:
     print(json.dumps({"status": status}), flush=True)
 
 
-def _kv_bytes_per_token(model: Any) -> int:
-    """KV cache bytes that one token of context costs (keys and values, every layer)."""
+def _kv_bytes_per_token(model: Any, bits: int = 0, group: int = 0) -> int:
+    """KV cache bytes that one token of context costs (keys and values, every layer);
+    `bits` and `group`: a quantized cache's (packed values, a scale and a bias a group)."""
     import mlx.core as mx
     from mlx.utils import tree_flatten
 
@@ -364,4 +393,6 @@ def _kv_bytes_per_token(model: Any) -> int:
         for _, v in tree_flatten(model.parameters())
         if mx.issubdtype(v.dtype, mx.floating)
     ]
-    return 2 * layers * kv_heads * head_dim * (floats[0] if floats else 2)
+    size = floats[0] if floats else 2
+    per_element = bits / 8 + 2 * size / group if bits else size
+    return int(2 * layers * kv_heads * head_dim * per_element)

@@ -83,7 +83,7 @@ async def errors_middleware(
 
 
 def create_app(settings: Settings) -> web.Application:
-    from . import anthropic, embed, models, native, openai, pull, responses
+    from . import anthropic, embed, finetune, models, native, openai, pull, responses
     from .guards import add_cors_headers, make_guards
 
     app = web.Application(
@@ -130,4 +130,5 @@ def create_app(settings: Settings) -> web.Application:
     anthropic.add_routes(app.router)
     embed.add_routes(app.router)
     pull.setup(app)
+    finetune.setup(app)
     return app

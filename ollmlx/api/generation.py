@@ -14,6 +14,7 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from ..errors import StatusError
+from ..options import kv_cache_type
 from ..protocol import CompletionRequest, DoneEvent, ErrorEvent, TokenEvent
 from ..serving.runner import WorkerGone
 from ..store.catalog import StoredModel
@@ -41,8 +42,13 @@ class Dialect(Protocol):
     def whole(self, event: TokenEvent, done: DoneEvent, total: int, load: int) -> bytes: ...
 
 
-def memory_estimate(stored: StoredModel, num_ctx: int) -> int:
-    return estimate_memory(stored.model_dir, stored.manifest.size, num_ctx)
+def memory_estimate(stored: StoredModel, num_ctx: int, kv_default: str = "f16") -> int:
+    """Weights, draft and KV cache; `kv_default` is OLLAMA_KV_CACHE_TYPE (the model's own
+    PARAMETER kv_cache_type wins)."""
+    kv_type = kv_cache_type(stored.manifest.parameters, kv_default)
+    return estimate_memory(
+        stored.model_dir, stored.manifest.size, num_ctx, kv_type, stored.draft_dir
+    )
 
 
 async def run_completion(
@@ -60,7 +66,7 @@ async def run_completion(
     The first event is awaited before the response starts, so an error there gets a
     real status code; later errors become the dialect's last error chunk.
     """
-    estimate = memory_estimate(stored, completion.sampling.num_ctx)
+    estimate = memory_estimate(stored, completion.sampling.num_ctx, ctx.settings.kv_cache_type)
     async with contextlib.AsyncExitStack() as stack:
         for attempt in range(RESENDS + 1):
             lease = await stack.enter_async_context(ctx.scheduler.use(stored, keep_alive, estimate))

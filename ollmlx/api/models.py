@@ -21,6 +21,7 @@ from ..store.aliases import resolve
 from ..store.catalog import Manifest, StoredModel
 from ..store.modelfile import format_parameters, parse_modelfile, render_modelfile
 from ..store.modelinfo import (
+    cached_json,
     capabilities,
     chat_template,
     check_model_dir,
@@ -93,17 +94,20 @@ async def ps(request: web.Request) -> web.Response:
             if math.isinf(ref.expires_at)
             else datetime.fromtimestamp(ref.expires_at, timezone.utc).astimezone()
         )
+        # What the worker holds (weights, draft, prompt cache: a quantized KV cache shows
+        # as its smaller size); the budget counts the larger of that and the estimate.
+        size = ref.held_bytes
         running.append(
             RunningModel(
                 name=ref.model.name.display,
                 model=ref.model.name.display,
-                size=ref.held_bytes,
+                size=size,
                 digest=ref.model.digest,
                 details=ref.model.manifest.details,
                 expires_at=expires,
                 # Metal's unified memory or CUDA: all of it is the GPU's; MLX on the CPU: none
                 # (`ollama ps` then says 100% CPU).
-                size_vram=0 if ctx.settings.backend == "cpu" else ref.held_bytes,
+                size_vram=0 if ctx.settings.backend == "cpu" else size,
                 context_length=num_ctx,
             )
         )
@@ -222,6 +226,8 @@ class _CreatePlan:
         self.base: StoredModel | None = None
         self.pull: str = ""  # a FROM model to pull from Hugging Face first
         self.bits = 0  # quantize to this many bits
+        self.draft_dir: Path | None = None  # a DRAFT folder to install
+        self.draft_digest = ""  # or a stored model's weights, used as they are
         self.parameters: dict[str, Any] = {}
 
 
@@ -239,6 +245,7 @@ def _merge_modelfile(req: CreateRequest) -> None:
     req.messages = req.messages or parsed.messages or None
     if parsed.adapter:
         req.adapters = {"adapter": parsed.adapter}
+    req.draft = req.draft or parsed.draft or None
 
 
 def _plan_create(ctx: Context, req: CreateRequest) -> _CreatePlan:
@@ -272,11 +279,39 @@ def _plan_create(ctx: Context, req: CreateRequest) -> _CreatePlan:
         if not (path / "adapter_config.json").is_file():
             raise StatusError(f"adapter {adapter} has no adapter_config.json", 400)
         plan.adapter_dir = path.resolve()
+    if req.draft:
+        _plan_draft(ctx, plan, req.draft, weights_dir)
     try:
         plan.parameters = {k: check_option(k, v) for k, v in (req.parameters or {}).items()}
     except (StatusError, KeyError) as exc:
         raise StatusError(str(exc).strip('"'), 400) from None
     return plan
+
+
+def _plan_draft(ctx: Context, plan: _CreatePlan, draft: str, target: Path | None) -> None:
+    """DRAFT: a model folder or a stored model, whose vocabulary must be the target's (the
+    target verifies the draft's token ids)."""
+    source = Path(draft).expanduser()
+    if source.is_absolute() or draft.startswith((".", "~")):
+        problem = check_model_dir(source)
+        if problem:
+            raise StatusError(f"draft: {problem}", 400)
+        plan.draft_dir = draft_dir = source.resolve()
+    else:
+        stored = ctx.store.get(draft)
+        if stored is None:
+            raise StatusError(f"draft model '{draft}' not found", 404)
+        plan.draft_digest, draft_dir = stored.manifest.weights, stored.model_dir
+    if target is not None and _vocabulary(target) != _vocabulary(draft_dir):
+        raise StatusError("the draft model's vocabulary does not match the model's", 400)
+
+
+def _vocabulary(model_dir: Path) -> Any:
+    """What a draft must share with its model: the tokenizer's vocabulary (a model's
+    vocab_size may be padded past it, as Qwen2.5 7B's is and 0.5B's is not)."""
+    tokenizer = cached_json(model_dir / "tokenizer.json")
+    vocab = (tokenizer or {}).get("model", {}).get("vocab") if isinstance(tokenizer, dict) else None
+    return vocab if vocab else read_config(model_dir).get("vocab_size")
 
 
 def _pullable(text: str) -> bool:
@@ -347,6 +382,12 @@ async def _run_create(
         adapter, _ = await asyncio.to_thread(ctx.store.install_weights, plan.adapter_dir)
         manifest.adapter = adapter
         yield f"creating new layer {adapter.replace('-', ':')}"
+    if plan.draft_dir is not None:
+        manifest.draft, _ = await asyncio.to_thread(ctx.store.install_weights, plan.draft_dir)
+        yield f"creating new layer {manifest.draft.replace('-', ':')}"
+    elif plan.draft_digest:
+        manifest.draft = plan.draft_digest
+        yield f"using existing layer {manifest.draft.replace('-', ':')}"
     _apply_request(manifest, plan)
     yield "writing manifest"
     await asyncio.to_thread(ctx.store.write, name, manifest)

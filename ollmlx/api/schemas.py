@@ -78,6 +78,9 @@ class CreateRequest(msgspec.Struct, rename={"from_": "from"}):
     modelfile: str = ""  # older clients send the Modelfile text itself
     files: dict[str, str] | None = None
     adapters: dict[str, str] | None = None
+    # ollmlx: the DRAFT model, a stored model's name or a model folder on this machine
+    # (Ollama's client uploads it as blobs, `draft_files`).
+    draft: str | None = None
     template: str | None = None
     system: str | None = None
     license: str | list[str] | None = None

@@ -70,6 +70,9 @@ class WorkerSpec:
     model_dir: Path
     adapter_dir: Path | None = None
     prompt_cache_dir: Path | None = None  # the disk tier of its prompt cache, if any
+    draft_dir: Path | None = None  # a draft model: speculative decoding
+    draft_num_predict: int = 4  # tokens the draft proposes per round
+    kv_cache_type: str = "f16"  # f16, q8_0 or q4_0
 
 
 @dataclass(frozen=True)
@@ -151,6 +154,11 @@ class WorkerProcess:
         args = [sys.executable, "-m", "ollmlx_worker", "--model-dir", str(self.spec.model_dir)]
         if self.spec.adapter_dir:
             args += ["--adapter-dir", str(self.spec.adapter_dir)]
+        if self.spec.draft_dir:
+            args += ["--draft-dir", str(self.spec.draft_dir)]
+            args += ["--draft-num-predict", str(self.spec.draft_num_predict)]
+        if self.spec.kv_cache_type != "f16":
+            args += ["--kv-cache-type", self.spec.kv_cache_type]
         args += ["--log-level", "DEBUG" if config.debug else "INFO"]
         if config.memory_limit:
             args += ["--memory-limit", str(config.memory_limit)]

@@ -34,6 +34,7 @@ class Manifest(msgspec.Struct, omit_defaults=True):
     repo: str = ""  # the Hugging Face repo a pulled model came from
     revision: str = ""  # and its commit
     adapter: str | None = None  # another weights digest: an mlx-lm LoRA adapter
+    draft: str | None = None  # another weights digest: the draft model (Modelfile DRAFT)
     parameters: dict[str, Any] = msgspec.field(default_factory=dict)
     system: str | None = None
     template: str | None = None
@@ -53,6 +54,7 @@ class StoredModel:
     adapter_dir: Path | None
     digest: str  # sha256 of the manifest bytes, as Ollama reports it
     modified_at: datetime
+    draft_dir: Path | None = None  # the draft model's weights (speculative decoding)
 
 
 _encoder = msgspec.json.Encoder()
@@ -119,6 +121,7 @@ class Store:
             adapter_dir=self.weights / manifest.adapter if manifest.adapter else None,
             digest=hashlib.sha256(data).hexdigest(),
             modified_at=datetime.fromtimestamp(stat.st_mtime, timezone.utc),
+            draft_dir=self.weights / manifest.draft if manifest.draft else None,
         )
 
     @contextlib.contextmanager
@@ -234,6 +237,8 @@ class Store:
             used.add(stored.manifest.weights)
             if stored.manifest.adapter:
                 used.add(stored.manifest.adapter)
+            if stored.manifest.draft:
+                used.add(stored.manifest.draft)
         for folder in self.weights.iterdir():
             stale_staging = folder.name.startswith(".staging-") and (
                 time.time() - folder.stat().st_mtime > 3600

@@ -8,8 +8,9 @@ seed), so a failure reproduces on every run.
 A few cases are tamed before they are sent, always without changing whether the case is
 valid (so schemathesis' negative checks still hold): generation is kept to a few tokens,
 `model` names the tiny model, a keep_alive that would unload it soon is made 10 minutes,
-and create copies the tiny model instead of pulling or quantizing. /api/pull is left out:
-it needs the network, which tests never have. A bigger run: FUZZ_EXAMPLES=200 (see the
+and create copies the tiny model instead of pulling or quantizing. /api/pull is left out
+(it needs the network, which tests never have), and so is /api/finetune (a training job
+runs for minutes). A bigger run: FUZZ_EXAMPLES=200 (see the
 README's Development section).
 """
 
@@ -38,7 +39,9 @@ SEED = int(os.environ.get("FUZZ_SEED", "20261201"))
 # per operation, so only in bigger runs (FUZZ_COVERAGE=1).
 COVERAGE = os.environ.get("FUZZ_COVERAGE") == "1"
 LOG = os.environ.get("FUZZ_LOG", "")
-EXCLUDED = {"/api/pull"}  # needs the network (Hugging Face), which tests never have
+# /api/pull needs the network (Hugging Face), which tests never have; /api/finetune starts a
+# training job that runs for minutes, one at a time (tests/test_training_jobs.py covers it).
+EXCLUDED = {"/api/pull", "/api/finetune"}
 
 # Response checks: no 5xx, statuses/content types/bodies as documented, invalid data refused.
 CHECKS = [

@@ -71,8 +71,10 @@ async def errors_middleware(
     except web.HTTPNotFound:
         # An unknown route (e.g. /api/push): JSON in the path's dialect, with gin's wording.
         return error_for(request, 404, "404 page not found")
-    except web.HTTPMethodNotAllowed:
-        return error_for(request, 405, "405 method not allowed")
+    except web.HTTPMethodNotAllowed as exc:
+        response = error_for(request, 405, "405 method not allowed")
+        response.headers["Allow"] = ", ".join(sorted(exc.allowed_methods))  # RFC 9110: a must
+        return response
     except web.HTTPException:
         raise  # aiohttp's other answers (413) keep their status
     except asyncio.CancelledError:

@@ -7,6 +7,7 @@ the worker's events are written (NDJSON for Ollama, SSE for OpenAI).
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from typing import Any, Protocol
 
@@ -20,6 +21,7 @@ from ..store.catalog import StoredModel
 from ..store.modelinfo import estimate_memory
 from .context import Context
 
+log = logging.getLogger("ollmlx.api")
 RESENDS = 1  # times a request goes to a replacement when its worker was already gone
 
 
@@ -85,26 +87,42 @@ async def run_completion(
         response = web.StreamResponse(headers={"Content-Type": dialect.content_type})
         await response.prepare(request)
         try:
-            while True:
-                if isinstance(event, ErrorEvent):
-                    await response.write(dialect.error(event.error))
-                    break
-                if isinstance(event, bytes):
-                    data = event  # a line the worker finished (`stream_as`): passed through
-                elif isinstance(event, TokenEvent):
-                    data = dialect.token(event)
-                else:
-                    total = time.perf_counter_ns() - started
-                    data = dialect.done(event, total, lease.load_duration)
-                if data:
-                    await response.write(data)
-                if isinstance(event, DoneEvent):
-                    break
-                event = await anext(events)
-        except StatusError as exc:
-            await response.write(dialect.error(str(exc)))
-        await response.write_eof()
+            await _stream(response, event, events, dialect, started, lease.load_duration)
+        except ConnectionResetError:
+            # The client left mid-answer: nobody to tell. Leaving this block ends the
+            # worker's stream and the lease, as a cancellation would.
+            log.debug("%s %s: the client left during the answer", request.method, request.path)
         return response
+
+
+async def _stream(
+    response: web.StreamResponse,
+    event: Any,
+    events: Any,
+    dialect: Dialect,
+    started: int,
+    load: int,
+) -> None:
+    """Write the worker's events in the dialect, ending with its final or error line."""
+    try:
+        while True:
+            if isinstance(event, ErrorEvent):
+                await response.write(dialect.error(event.error))
+                break
+            if isinstance(event, bytes):
+                data = event  # a line the worker finished (`stream_as`): passed through
+            elif isinstance(event, TokenEvent):
+                data = dialect.token(event)
+            else:
+                data = dialect.done(event, time.perf_counter_ns() - started, load)
+            if data:
+                await response.write(data)
+            if isinstance(event, DoneEvent):
+                break
+            event = await anext(events)
+    except StatusError as exc:
+        await response.write(dialect.error(str(exc)))
+    await response.write_eof()
 
 
 async def _collect(

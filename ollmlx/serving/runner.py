@@ -315,12 +315,15 @@ class WorkerProcess:
         """The next bytes of a stream; while none come, the worker must prove it lives."""
         while True:
             read = asyncio.ensure_future(content.readany())
-            done, _ = await asyncio.wait({read}, timeout=self.config.health_interval)
-            if done:
-                return read.result()
-            read.cancel()
+            try:
+                await asyncio.wait({read}, timeout=self.config.health_interval)
+            finally:
+                # Also when this stream is cancelled (its client left): the read must not
+                # outlive it, or it fails later with nobody to see it.
+                if not read.done():
+                    read.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await read
+                return await read  # bytes that came in time (or just before the cancel took)
             problem = await self.health_problem(self.config.health_timeout)
             if problem:
                 log.warning("worker %s stalled mid-stream: %s", self.spec.name, problem)

@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint bench tiny-model clean
+.PHONY: install run test lint bench soak tiny-model clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,12 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/pip install --quiet -e '.[test,bench]'
 	$(BIN)/python -m benchmarks $(ARGS)
+
+# Soak and chaos: 16 clients of every dialect for 300 s (under 10 minutes in all); non-zero
+# exit when a request is lost, a client error gets a 5xx or memory/fds grow past a bound.
+# ARGS='--duration 120 --clients 8' for a shorter one.
+soak: $(STAMP)
+	$(BIN)/python -m benchmarks.soak --duration 300 $(ARGS)
 
 # A tiny random-weight model to try the server with (no download): ./tiny-model
 tiny-model: $(STAMP)

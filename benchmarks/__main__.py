@@ -43,6 +43,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--no-group", action="store_true", help="skip the 2-rank group row (benchmarks/group.py)"
     )
+    parser.add_argument(
+        "--speculative", action="store_true", help="only the speculative-decoding figures"
+    )
+    parser.add_argument("--kv-cache", action="store_true", help="only the KV-cache figures")
     return parser.parse_args(argv)
 
 
@@ -73,6 +77,21 @@ def make_systems(names: list[str], no_openblas: bool) -> list[System]:
     return [known["in-process"], *(known[n] for n in names if n != "in-process")]
 
 
+def run_extra(name: str, tmp: Path, started: float) -> dict[str, Any]:
+    from . import kvcache, speculative
+
+    module = {"speculative": speculative, "kv_cache": kvcache}[name]
+
+    def say(what: str) -> None:
+        print(f"[{time.perf_counter() - started:6.0f}s] {what} ...", flush=True)
+
+    figures: dict[str, Any] = module.measure(tmp, say=say)
+    print()
+    print(module.report(figures))
+    print()
+    return figures
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     ensure_openblas(args)
@@ -83,7 +102,16 @@ def main(argv: list[str] | None = None) -> int:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     runs: dict[str, Any] = {"plan": plan.__dict__, "openblas": not args.no_openblas}
     started = time.perf_counter()
+    # A full run ends with the speculative-decoding and KV-cache figures (issue 16); either
+    # flag runs that part alone.
+    extras = [name for name in ("speculative", "kv_cache") if getattr(args, name)]
+    if extras:
+        kinds = []
+    elif not args.quick:
+        extras = ["speculative", "kv_cache"]
     with tempfile.TemporaryDirectory(prefix="ollmlx-bench-models-") as tmp:
+        for name in extras:
+            runs[name] = run_extra(name, Path(tmp), started)
         for seed, kind in enumerate(kinds, start=1):
             model_dir = build_model(kind, Path(tmp))
 

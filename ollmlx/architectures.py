@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import functools
+import threading
 from importlib import util
 from pathlib import Path
 from typing import Any
@@ -28,9 +29,15 @@ def _package_dir(package: str = "mlx_lm") -> Path | None:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
+# CPython 3.11's parser is not safe to run from two threads at once ("AST constructor
+# recursion depth mismatch"): the store reads these facts from worker threads.
+_PARSE_LOCK = threading.Lock()
+
+
 def _remapping(utils_py: Path) -> dict[str, str]:
     try:
-        tree = ast.parse(utils_py.read_text())
+        with _PARSE_LOCK:
+            tree = ast.parse(utils_py.read_text())
     except (OSError, SyntaxError):
         return {}
     for node in tree.body:

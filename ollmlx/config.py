@@ -28,6 +28,25 @@ DEFAULT_BUDGET_FRACTION = 0.75
 
 
 GIB = 1 << 30
+# OLLAMA_KV_CACHE_TYPE and PARAMETER kv_cache_type, as Ollama names them (fs/ggml/ggml.go
+# SupportsKVCacheType), and the bits of mlx-lm's quantized KV cache each maps to (0: the
+# model's own float cache).
+KV_CACHE_BITS = {"f16": 0, "q8_0": 8, "q4_0": 4}
+KV_GROUP_SIZES = (64, 32)  # mlx-lm's default group first; 32 for heads of 32 or 96 values
+
+
+def kv_group_size(head_dim: int) -> int:
+    """The quantization group of a head of `head_dim` values; 0: it cannot be quantized."""
+    return next((g for g in KV_GROUP_SIZES if head_dim and head_dim % g == 0), 0)
+
+
+def kv_bytes_per_element(kv_cache_type: str, head_dim: int, float_bytes: int = 2) -> float:
+    """Bytes one cached key or value element costs: packed bits plus a scale and a bias per
+    group in the activations' dtype (`float_bytes`); a float cache costs `float_bytes`."""
+    bits, group = KV_CACHE_BITS.get(kv_cache_type, 0), kv_group_size(head_dim)
+    if not bits or not group:
+        return float(float_bytes)
+    return bits / 8 + 2 * float_bytes / group
 
 
 class ConfigError(ValueError):
@@ -279,6 +298,8 @@ class Settings:
     # group goes down and the next request relaunches it.
     group_timeout: float = 60.0
     group_port: int = 0  # first port of the ring backend; 0: free ports of this machine
+    kv_cache_type: str = "f16"  # OLLAMA_KV_CACHE_TYPE; a model's PARAMETER kv_cache_type wins
+    no_prune: bool = False  # OLLAMA_NOPRUNE: keep unused blobs at start (Ollama's PruneLayers)
 
     @property
     def base_url(self) -> str:
@@ -375,6 +396,15 @@ def _size(env: Mapping[str, str], name: str, default: int, total: int) -> int:
         raise ConfigError(f"{name}: expected bytes (64M) or a percentage, got {text!r}") from None
 
 
+def parse_kv_cache_type(value: str, name: str = "OLLAMA_KV_CACHE_TYPE") -> str:
+    """One of KV_CACHE_BITS' names ("" is f16, Ollama's default); anything else is an error
+    (Ollama falls back to f16 with a warning: a typo would quietly cost memory)."""
+    text = value.strip().lower() or "f16"
+    if text not in KV_CACHE_BITS:
+        raise ConfigError(f"{name}: expected one of {', '.join(KV_CACHE_BITS)}, got {value!r}")
+    return text
+
+
 def _go_bool(text: str | None) -> bool:
     """envconfig.Bool: unset is false; a value Go's ParseBool rejects counts as true."""
     if text is None:
@@ -440,4 +470,6 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         distributed_auto=distributed == "auto",
         group_timeout=group_timeout,
         group_port=_int(env, "OLLMLX_GROUP_PORT", d.group_port),
+        kv_cache_type=parse_kv_cache_type(_env(env, "OLLAMA_KV_CACHE_TYPE") or ""),
+        no_prune=_go_bool(_env(env, "OLLAMA_NOPRUNE")),
     )

@@ -137,6 +137,19 @@ _MIN_TENSOR_INFO = 8 + 4 + 4 + 8
 _MIN_KV = 8 + 4 + 1
 
 
+# llama.cpp's default for add_bos_token when the file does not say (src/llama-vocab.cpp:
+# sentencepiece vocabularies add BOS, and so do the BPE pre-tokenizers of the Llama 3 family).
+_BOS_BY_DEFAULT_PRE = frozenset({"llama3", "llama-v3", "llama-bpe", "falcon3", "smaug-bpe"})
+
+
+def add_bos(metadata: dict[str, Any]) -> bool:
+    value = metadata.get("tokenizer.ggml.add_bos_token")
+    if isinstance(value, bool):
+        return value
+    model = metadata.get("tokenizer.ggml.model")
+    return model == "llama" or metadata.get("tokenizer.ggml.pre") in _BOS_BY_DEFAULT_PRE
+
+
 class GGUFError(StatusError, ValueError):
     """Not a GGUF file this reader accepts (wrong magic, truncated, hostile): a 400."""
 
@@ -229,6 +242,12 @@ class GGUFHeader:
     def chat_template(self) -> str | None:
         value = self.metadata.get("tokenizer.chat_template")
         return value if isinstance(value, str) and value else None
+
+    @property
+    def add_bos(self) -> bool:
+        """Whether tokenizing adds BOS (tokenizer.ggml.add_bos_token, else llama.cpp's
+        default: sentencepiece vocabularies and the Llama 3 family's BPE add it)."""
+        return add_bos(self.metadata)
 
     @property
     def tensor_types(self) -> dict[str, int]:

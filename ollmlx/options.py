@@ -13,14 +13,14 @@ import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from .config import Settings
+from .config import ConfigError, Settings, parse_kv_cache_type
 from .errors import StatusError
 from .protocol import Sampling
 
 log = logging.getLogger("ollmlx.options")
 
 
-INT, FLOAT, BOOL, STRINGS = "integer", "float32", "boolean", "array"
+INT, FLOAT, BOOL, STRINGS, STRING = "integer", "float32", "boolean", "array", "string"
 
 # Every option Ollama knows, with its JSON type. Those we do not act on (num_gpu,
 # use_mmap, ...) are still type-checked and accepted, as Ollama does.
@@ -44,7 +44,14 @@ OPTION_TYPES: dict[str, str] = {
     "main_gpu": INT,
     "use_mmap": BOOL,
     "num_thread": INT,
+    # Load-time options of the model's worker (a Modelfile PARAMETER; in a request they
+    # are checked and ignored, as Ollama ignores runner options once a model is loaded).
+    # Ollama's api/types.go Runner: DraftNumPredict, DefaultOptions: 4.
+    "draft_num_predict": INT,
+    "kv_cache_type": STRING,  # ollmlx: OLLAMA_KV_CACHE_TYPE for one model
 }
+DEFAULT_DRAFT_NUM_PREDICT = 4
+MAX_DRAFT_NUM_PREDICT = 32
 
 # Model settings a Modelfile PARAMETER (or /api/create's `parameters`) may set besides the
 # options, with the values each takes. They choose how the model is served, never how it
@@ -93,7 +100,7 @@ def check_option(key: str, value: Any) -> Any:
         number = int(value)
         if not INT64_MIN <= number <= INT64_MAX:
             raise StatusError(f'option "{key}" is out of range (a 64-bit integer)', 400)
-        return number
+        return _check_load_option(key, number)
     if kind == FLOAT and is_number:
         try:
             number = float(value)
@@ -104,6 +111,8 @@ def check_option(key: str, value: Any) -> Any:
         return number
     if kind == BOOL and isinstance(value, bool):
         return value
+    if kind == STRING and isinstance(value, str):
+        return _check_load_option(key, value)
     if kind == STRINGS and isinstance(value, list):
         if all(isinstance(v, str) for v in value):
             return list(value)
@@ -132,6 +141,28 @@ def check_parameter(key: str, value: Any) -> Any:
     return check_option(key, value)
 
 
+def _check_load_option(key: str, value: Any) -> Any:
+    if key == "kv_cache_type":
+        try:
+            return parse_kv_cache_type(value, "kv_cache_type")
+        except ConfigError as exc:
+            raise StatusError(str(exc), 400) from None
+    if key == "draft_num_predict" and not 1 <= value <= MAX_DRAFT_NUM_PREDICT:
+        raise StatusError(f"draft_num_predict must be between 1 and {MAX_DRAFT_NUM_PREDICT}", 400)
+    return value
+
+
+def kv_cache_type(parameters: Mapping[str, Any], default: str) -> str:
+    """A model's KV cache type: its PARAMETER kv_cache_type, else OLLAMA_KV_CACHE_TYPE."""
+    value = parameters.get("kv_cache_type")
+    return value if isinstance(value, str) and value else default
+
+
+def draft_num_predict(parameters: Mapping[str, Any]) -> int:
+    value = parameters.get("draft_num_predict")
+    return int(value) if isinstance(value, int) and value > 0 else DEFAULT_DRAFT_NUM_PREDICT
+
+
 def parse_parameter(key: str, text: str) -> Any:
     """A Modelfile PARAMETER value (always text) converted to the option's type."""
     key = key.lower()
@@ -147,6 +178,8 @@ def parse_parameter(key: str, text: str) -> Any:
             return float(text)
         if kind == BOOL:
             return text.strip().lower() in ("1", "true", "yes", "on")
+        if kind == STRING:
+            return check_option(key, text)
     except ValueError:
         raise StatusError(f"invalid {kind} value for parameter '{key}': {text!r}", 400) from None
     return [text]

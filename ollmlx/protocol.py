@@ -134,6 +134,7 @@ class Health(msgspec.Struct):
     cache_bytes: int = 0
     # A group's rank 0: bytes of weights each rank holds, by rank (one process: empty).
     rank_memory: list[int] = msgspec.field(default_factory=list)
+    peak_bytes: int = 0  # the most MLX held at once since the worker started
 
 
 class EmbedRequest(msgspec.Struct, omit_defaults=True):

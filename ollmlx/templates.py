@@ -118,3 +118,14 @@ def jinja_for_go_template(go_template: str, *, bos: bool = False) -> TemplateMat
         )
     jinja = str(families()[name]["jinja"])
     return TemplateMatch(name, BOS + jinja if bos else jinja, exact)
+
+
+# An action that reads a field of Ollama's template values (`.Prompt`, `$.System`,
+# `.Messages`) or closes a Go block (`{{ end }}`): Go syntax, which Jinja never writes.
+_GO_ACTION = re.compile(r"\{\{-?\s*(?:[^{}]*?[\s($]\.[A-Z]\w*|\.[A-Z]\w*|end\s*-?\}\})")
+
+
+def looks_like_go_template(text: str) -> bool:
+    """Whether a TEMPLATE is Ollama's Go syntax (a Modelfile written for Ollama) rather
+    than a Jinja chat template (`{% ... %}` blocks, lower-case variables)."""
+    return "{%" not in text and _GO_ACTION.search(text) is not None

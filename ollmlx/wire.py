@@ -55,11 +55,15 @@ class ChatChunk(msgspec.Struct, omit_defaults=True):
     eval_duration: int = 0
 
 
+_second: list[Any] = [None, ""]  # the last second formatted: strftime once a second
+
+
 def now_rfc3339() -> str:
     """UTC with nanoseconds, trailing zeros trimmed, as Go's RFC3339Nano writes it."""
-    ns = time.time_ns()
-    seconds, frac = divmod(ns, 1_000_000_000)
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+    seconds, frac = divmod(time.time_ns(), 1_000_000_000)
+    if _second[0] != seconds:
+        _second[:] = [seconds, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))]
+    stamp = _second[1]
     digits = f"{frac:09d}".rstrip("0")
     return f"{stamp}.{digits}Z" if digits else f"{stamp}Z"
 

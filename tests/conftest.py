@@ -141,6 +141,14 @@ def other_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def kv_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny model whose heads (64 values) a quantized KV cache can take."""
+    return build_tiny_model(
+        tmp_path_factory.mktemp("models") / "kv64", hidden_size=128, num_heads=2, num_kv_heads=1
+    )
+
+
+@pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Iterator[Server]:
     """One shared server with the tiny model created as `tiny`."""
     srv = start_server(tmp_path_factory.mktemp("server"), OLLAMA_KEEP_ALIVE="10m")

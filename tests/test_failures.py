@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 from pathlib import Path
 
@@ -71,16 +72,16 @@ def test_hung_worker_is_killed_and_replaced(tmp_path: Path, tiny_model_dir: Path
         server.stop()
 
 
-def test_worker_that_fails_at_start_is_retried_with_backoff(fresh_server: Server) -> None:
+def test_worker_that_fails_at_start_is_retried_with_backoff(
+    fresh_server: Server, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    # A model whose weights do not fit its config: the worker fails while loading it.
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_model_dir, broken)
+    config = json.loads((broken / "config.json").read_text())
+    (broken / "config.json").write_text(json.dumps({**config, "hidden_size": 32}))
     with fresh_server.client() as client:
-        client.copy("tiny", "broken")
-    stored = fresh_server.models_dir / "manifests/registry.ollama.ai/library/broken/latest"
-    manifest = json.loads(stored.read_text())
-    bad = fresh_server.models_dir / "weights" / "sha256-bad"
-    bad.mkdir()
-    (bad / "config.json").write_text('{"model_type": "no_such_architecture"}')
-    manifest["weights"] = bad.name
-    stored.write_text(json.dumps(manifest))
+        client.create(model="broken", from_=str(broken))
     errors = []
     with fresh_server.client() as client:
         for _ in range(3):

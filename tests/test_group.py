@@ -107,6 +107,11 @@ def group_server(
         client.create(model="qwen-tp", from_=str(qwen2_dir), parameters={"distributed": "tensor"})
         client.create(model="qwen-pp", from_=str(qwen2_dir), parameters={"distributed": "pipeline"})
         client.create(model="qwen-one", from_=str(qwen2_dir))
+        q8 = {"kv_cache_type": "q8_0"}
+        client.create(
+            model="qwen-tp-q8", from_=str(qwen2_dir), parameters={**q8, "distributed": "tensor"}
+        )
+        client.create(model="qwen-one-q8", from_=str(qwen2_dir), parameters=q8)
     yield server
     server.stop()
     assert wait_for(lambda: gone(group_processes(server)), 10)
@@ -172,6 +177,20 @@ def test_four_concurrent_streams_of_a_group_equal_one_process_greedy(
         prompt = oracles["qwen2"].chat_prompt([{"role": "user", "content": topic}])
         expected = oracles["qwen2"].greedy(prompt, GREEDY["num_predict"])
         assert list(results[topic].context or []) == [*prompt, *expected.tokens], topic
+
+
+def test_a_group_with_a_quantized_kv_cache_answers_as_one_process_with_it(
+    group_server: Server,
+) -> None:
+    # Every rank quantizes its own heads' keys and values (kv_cache_type reaches them all).
+    topics = ["the city", "a quick dog"]
+    with group_server.client() as client:
+        for topic in topics:
+            group = client.generate(model="qwen-tp-q8", prompt=topic, options=GREEDY)
+            one = client.generate(model="qwen-one-q8", prompt=topic, options=GREEDY)
+            assert group.context and list(group.context) == list(one.context or []), topic
+    running = {m["name"] for m in httpx.get(group_server.url + "/api/ps").json()["models"]}
+    assert "qwen-tp-q8:latest" in running
 
 
 def test_a_group_samples_stops_constrains_and_reuses_its_prompt_cache_as_one_process(
@@ -347,6 +366,8 @@ def two_hosts(tmp_path_factory: pytest.TempPathFactory, qwen2_dir: Path) -> Iter
     )
     with server.client() as client:
         client.create(model="g", from_=str(qwen2_dir), parameters={"distributed": "pipeline"})
+    # The other host's copy of the store, links and all (as `rsync -a` makes one).
+    shutil.copytree(tmp / "models", tmp / "otherhost", symlinks=True)
     yield server
     group = group_processes(server)
     server.stop()
@@ -354,10 +375,11 @@ def two_hosts(tmp_path_factory: pytest.TempPathFactory, qwen2_dir: Path) -> Iter
 
 
 def test_a_missing_model_file_on_a_host_names_the_host_and_the_file(two_hosts: Server) -> None:
-    # The other host has the model's folder, but not its weights.
+    # The other host's copy of the store lacks the blob of the model's weights.
     elsewhere = two_hosts.models_dir.parent / "otherhost"
-    shutil.copytree(two_hosts.models_dir / "weights", elsewhere / "weights")
-    weights = next((elsewhere / "weights").glob("*/model.safetensors"))
+    (link,) = (elsewhere / "ollmlx" / "models").glob("*/model.safetensors")
+    weights = link.parent / os.readlink(link)
+    kept = weights.read_bytes()
     weights.unlink()
     with two_hosts.client() as client:
         with pytest.raises(ollama.ResponseError) as raised:
@@ -368,7 +390,7 @@ def test_a_missing_model_file_on_a_host_names_the_host_and_the_file(two_hosts: S
         assert "rank 0" not in message
         assert wait_for(lambda: gone(group_processes(two_hosts)), 20)
         # Copied there (as `mlx_lm.share` or rsync would): the group serves.
-        shutil.copy(two_hosts.models_dir / "weights" / weights.parent.name / weights.name, weights)
+        weights.write_bytes(kept)
         assert wait_for(lambda: _generates(client), 30)
 
 

@@ -294,8 +294,9 @@ def test_a_graceful_worker_stop_exits_0_without_an_abort(fresh_server: Server) -
             client.generate(model="tiny", prompt="hi", options={"num_predict": 2})
             client.generate(model="tiny", prompt="", keep_alive=0)
             assert wait_for(lambda: not fresh_server.workers())
+    # The process is gone a moment before the supervisor logs its exit code.
+    assert wait_for(lambda: fresh_server.log().count("(exit code 0)") == 3)
     log = fresh_server.log()
-    assert log.count("(exit code 0)") == 3
     assert "Fatal Python error" not in log and "terminate called" not in log
 
 

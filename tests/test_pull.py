@@ -118,7 +118,7 @@ def test_corrupted_file_fails_verification_and_leaves_store_unchanged(
         f"digest mismatch, file must be downloaded again: want sha256:{sha}, got sha256:"
     )
     assert _names(hub_server) == []
-    assert not list((hub_server.models_dir / "weights").glob("sha256-*"))
+    assert not list((hub_server.models_dir / "blobs").iterdir())
     # The bad blob left the HF cache: a later pull fetches and installs the good file.
     hub.corrupt.clear()
     with hub_server.client() as c:

@@ -76,7 +76,8 @@ def test_no_temporary_files_outlive_the_server(tmp_path: Path, tiny_model_dir: P
     with server.client() as client:
         client.create(model="tiny", from_=str(tiny_model_dir))
         client.generate(model="tiny", prompt="hi", options={"num_predict": 2})
-    before = sorted(p.name for p in (server.models_dir / "weights").iterdir())
+    before = sorted(p.name for p in (server.models_dir / "blobs").iterdir())
     server.stop()
-    after = sorted(p.name for p in (server.models_dir / "weights").iterdir())
+    after = sorted(p.name for p in (server.models_dir / "blobs").iterdir())
     assert before == after and all(name.startswith("sha256-") for name in after)
+    assert not list((server.models_dir / "ollmlx" / "tmp").iterdir())

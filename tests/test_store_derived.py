@@ -5,16 +5,21 @@ from __future__ import annotations
 from pathlib import Path
 
 from ollmlx.store.catalog import Store
+from ollmlx.store.manifest import ADAPTER
+from ollmlx.store.modelinfo import describe
+from ollmlx.store.spec import ModelSpec
+
+
+def _base(store: Store, model_dir: Path, **fields: object) -> object:
+    layers = store.add_dir(model_dir)
+    return store.write("base", layers, ModelSpec(details=describe(model_dir), **fields))
 
 
 def test_an_adapter_goes_on_top_of_the_base_and_facts_show(
     tmp_path: Path, tiny_model_dir: Path
 ) -> None:
     store = Store(tmp_path / "models")
-    digest, size = store.install_weights(tiny_model_dir)
-    from ollmlx.store.catalog import Manifest
-
-    base = store.write("base", Manifest(weights=digest, size=size, system="be nice"))
+    base = _base(store, tiny_model_dir, system="be nice")
     adapter = tmp_path / "adapter"
     adapter.mkdir()
     (adapter / "adapter_config.json").write_text("{}")
@@ -25,17 +30,22 @@ def test_an_adapter_goes_on_top_of_the_base_and_facts_show(
     assert derived.model_dir == base.model_dir  # the base's weights, not a copy
     assert derived.adapter_dir is not None
     assert (derived.adapter_dir / "adapter_config.json").read_text() == "{}"
+    assert [layer.name for layer in derived.layers if layer.mediaType == ADAPTER] == [
+        "adapter/adapter_config.json",
+        "adapter/adapters.safetensors",
+    ]
     assert derived.manifest.system == "be nice"
     assert derived.manifest.info == {"training.final_train_loss": 0.5}
     assert derived.manifest.source == "base:latest"
+    # Deleting the fine-tune leaves the base whole, and its adapter blobs go.
+    assert store.delete("tuned")
+    assert store.get("base") is not None
+    assert not any(store.blobs.exists(x.digest) for x in derived.layers if x.mediaType == ADAPTER)
 
 
 def test_fused_weights_replace_the_base(tmp_path: Path, tiny_model_dir: Path) -> None:
-    from ollmlx.store.catalog import Manifest
-
     store = Store(tmp_path / "models")
-    digest, size = store.install_weights(tiny_model_dir)
-    base = store.write("base", Manifest(weights=digest, size=size))
+    base = _base(store, tiny_model_dir)
     derived = store.install_derived("fused", base, weights=tiny_model_dir)
     assert derived.adapter_dir is None
     assert derived.manifest.details.parent_model == "base:latest"

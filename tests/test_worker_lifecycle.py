@@ -153,8 +153,10 @@ def test_health_polling_is_logged(tmp_path: Path, tiny_model_dir: Path) -> None:
 
 def test_a_model_that_fails_to_load_reports_the_worker_error(fresh_server: Server) -> None:
     with fresh_server.client() as client:
-        stored = next((fresh_server.models_dir / "weights").glob("sha256-*"))
-        weights = stored / "model.safetensors"
+        manifest = fresh_server.models_dir / "manifests/registry.ollama.ai/library/tiny/latest"
+        layers = json.loads(manifest.read_text())["layers"]
+        (tensor,) = [x for x in layers if x.get("name") == "model.safetensors"]
+        weights = fresh_server.models_dir / "blobs" / tensor["digest"].replace(":", "-")
         weights.unlink()  # the store hard-links its files: never write through the link
         weights.write_bytes(b"not a safetensors file")
         with pytest.raises(ollama.ResponseError) as err:

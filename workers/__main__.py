@@ -70,6 +70,9 @@ def main(argv: list[str] | None = None) -> None:
     group.add_argument("--group-backend", default="ring")
     group.add_argument("--group-timeout", type=float, default=60.0)
     group.add_argument("--supervisor-pid", type=int, default=0)
+    parser.add_argument("--draft-dir", type=Path, default=None, help="a draft model")
+    parser.add_argument("--draft-num-predict", type=int, default=4, help="drafts per round")
+    parser.add_argument("--kv-cache-type", default="f16", choices=("f16", "q8_0", "q4_0"))
     args = parser.parse_args(argv)
     spec = driver = None
     if args.group:
@@ -82,7 +85,9 @@ def main(argv: list[str] | None = None) -> None:
             from . import rank
 
             os.environ.pop(SECRET_ENV, None)
-            rank.run(spec, args.model_dir, args.prompt_cache_bytes, args.log_level)
+            rank.run(
+                spec, args.model_dir, args.prompt_cache_bytes, args.log_level, args.kv_cache_type
+            )
             return
         driver = LockstepDriver(spec)
     logging.basicConfig(
@@ -109,6 +114,9 @@ def main(argv: list[str] | None = None) -> None:
         args.prompt_cache_bytes,
         disk,
         driver=driver,
+        draft_dir=args.draft_dir,
+        draft_num_predict=args.draft_num_predict,
+        kv_cache_type=args.kv_cache_type,
     )
     ended = asyncio.run(_serve(create_app(engine, secret, args.max_body), engine, args.port))
     log.info("stopped")

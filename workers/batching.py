@@ -21,9 +21,11 @@ from typing import Any
 from .constrain import GrammarProcessor, make_llg_tokenizer
 from .disk_cache import DiskPromptCache, cached_entries, spilling_cache
 from .faults import inject
+from .kvquant import fresh_caches
 from .prompts import shift_window
 from .sampling import build_logits_processors, build_sampler
 from .sequence import Sequence, response_parser
+from .speculative import SpeculativeBatch, eligible
 
 log = logging.getLogger("ollmlx.worker")
 
@@ -50,8 +52,13 @@ class BatchRunner:
         cache_bytes: int = 0,
         max_batch: int = 32,
         disk: DiskPromptCache | None = None,
+        draft: Any = None,  # a draft model: eligible requests decode speculatively
+        num_draft: int = 4,
+        kv_bits: int = 0,  # a quantized KV cache (kvquant.py); 0: the model's own
+        kv_group: int = 64,
     ) -> None:
         from mlx_lm.generate import BatchGenerator
+        from mlx_lm.models.cache import make_prompt_cache
 
         self._tokenizer = tokenizer
         self._eos = set(tokenizer.eos_token_ids)
@@ -74,9 +81,31 @@ class BatchRunner:
         # A disk tier keeps long prefixes across restarts (`OLLMLX_PROMPT_CACHE_DISK`).
         self._disk = disk
         self._new_cache = lambda: (
-            spilling_cache(MAX_CACHED_PREFIXES, cache_bytes, disk) if cache_bytes > 0 else None
+            spilling_cache(MAX_CACHED_PREFIXES, cache_bytes, disk, CACHE_KEY)
+            if cache_bytes > 0
+            else None
         )
         self._cache = self._new_cache()
+        layers = len(model.layers)
+        self._fresh = lambda: fresh_caches(layers, kv_bits, kv_group) if kv_bits else None
+        self._spec = (
+            SpeculativeBatch(
+                model,
+                draft,
+                num_draft,
+                self._eos,
+                lambda: self._fresh() or make_prompt_cache(model),
+                lambda: make_prompt_cache(draft),
+                lambda: self._cache,
+                PREFILL_STEP,
+            )
+            if draft is not None
+            else None
+        )
+
+    def _owner(self, uid: int) -> Any:
+        """The batch a sequence runs in: the speculative one or the plain generator."""
+        return self._spec if self._spec is not None and self._spec.owns(uid) else self._generator
 
     @property
     def busy(self) -> bool:
@@ -101,10 +130,11 @@ class BatchRunner:
         cache, rest = self._cached_prefix(prompt)
         seq.reused = len(prompt) - len(rest)
         sampler = build_sampler(options, self.vocab_size)
-        (uid,) = self._generator.insert(
+        speculative = self._spec is not None and eligible(job.request, sampler, processors)
+        (uid,) = (self._spec if speculative else self._generator).insert(
             [rest],
             max_tokens=[max_tokens],
-            caches=[cache],
+            caches=[cache if cache is not None else self._fresh()],
             all_tokens=[prompt[: seq.reused]],
             samplers=[sampler],
             logits_processors=[processors],
@@ -143,7 +173,8 @@ class BatchRunner:
         if self._cache is None or self._disk is None:
             return
         deadline = time.monotonic() + budget
-        for tokens, cache in sorted(cached_entries(self._cache), key=lambda e: -len(e[0])):
+        entries = cached_entries(self._cache, CACHE_KEY)
+        for tokens, cache in sorted(entries, key=lambda e: -len(e[0])):
             if time.monotonic() > deadline:
                 break
             self._disk.store(tokens, cache)
@@ -166,6 +197,8 @@ class BatchRunner:
             return
         try:
             _, responses = self._generator.next()
+            if self._spec is not None and len(self._spec):
+                responses = [*responses, *self._spec.next()[1]]
         except Exception as exc:  # e.g. out of memory: no one sequence is to blame
             log.exception("batch step failed")
             self.fail_all(f"{type(exc).__name__}: {exc}")
@@ -199,7 +232,7 @@ class BatchRunner:
         self._decoding[uid].window.append(token)
         if seq.stopped:
             if finish is None:
-                removed = self._generator.remove([uid], return_prompt_caches=True)
+                removed = self._owner(uid).remove([uid], return_prompt_caches=True)
                 for cache, tokens in removed.values():
                     self._keep_cache(tokens, cache)
             self._finish(uid, seq, "stop")
@@ -227,9 +260,10 @@ class BatchRunner:
         window = shift_window(decoding.window, options.num_ctx, options.num_keep, bos)
         room = options.num_ctx - len(window)
         left = budget - len(seq.generated)
-        (new_uid,) = self._generator.insert(
+        (new_uid,) = self._owner(uid).insert(
             [window],
             max_tokens=[min(room, left)],
+            caches=[self._fresh()],
             samplers=[decoding.sampler],
             logits_processors=[decoding.processors],
         )
@@ -253,7 +287,7 @@ class BatchRunner:
         self._detokenizers.pop(uid, None)
         self._decoding.pop(uid, None)
         try:
-            self._generator.remove([uid])
+            self._owner(uid).remove([uid])
         except Exception:  # its state is unknown: start over rather than guess
             log.exception("could not remove a failed sequence; resetting the batch")
             self.fail_all("the batch was reset after another request failed")
@@ -262,7 +296,8 @@ class BatchRunner:
         gone = [uid for uid, s in self._active.items() if s.cancelled]
         if not gone:
             return
-        self._generator.remove(gone)
+        for uid in gone:
+            self._owner(uid).remove([uid])
         for uid in gone:
             seq = self._active.pop(uid)
             self._detokenizers.pop(uid, None)
@@ -278,5 +313,7 @@ class BatchRunner:
         self._detokenizers.clear()
         self._decoding.clear()
         self._generator.close()
+        if self._spec is not None:
+            self._spec.close()
         self._generator = self._make()  # its state is unknown after a failed step
         self._cache = self._new_cache()  # cached entries may hold the failed graph

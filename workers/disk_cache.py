@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .kvquant import mergeable, saveable
+
 log = logging.getLogger("ollmlx.worker")
 
 MIN_TOKENS = 256  # shorter prefixes prefill faster than they load
@@ -105,7 +107,7 @@ class DiskPromptCache:
         if entry is None or shared < length:
             return None
         try:
-            cache = load_prompt_cache(str(entry.path))
+            cache = [mergeable(c) for c in load_prompt_cache(str(entry.path))]
         except Exception:  # a damaged file: forget it, prefill instead
             log.exception("could not load a prompt cache from %s", entry.path)
             self._remove(entry)
@@ -134,7 +136,8 @@ class DiskPromptCache:
         path = self.folder / f"{key}{SUFFIX}"
         tmp = self.folder / f".tmp-{key}{SUFFIX}"
         try:
-            save_prompt_cache(str(tmp), cache, {"tokens": json.dumps(tokens), "key": key})
+            saved = [saveable(c) for c in cache]
+            save_prompt_cache(str(tmp), saved, {"tokens": json.dumps(tokens), "key": key})
             os.replace(tmp, path)
         except Exception:  # a full disk must not end the request that evicted it
             log.exception("could not write a prompt cache to %s", path)
@@ -165,13 +168,16 @@ class DiskPromptCache:
         return _Entry(path, tokens, key, stat.st_size, stat.st_mtime)
 
 
-def spilling_cache(max_size: int, max_bytes: int, disk: DiskPromptCache | None) -> Any:
+def spilling_cache(
+    max_size: int, max_bytes: int, disk: DiskPromptCache | None, key: Any = None
+) -> Any:
     """mlx-lm's in-memory LRUPromptCache, whose evicted entries go to the disk tier.
 
     LRUPromptCache evicts inline in insert_cache and trim_to, through its trie's `pop`
     (mlx-lm 0.32, pinned to a minor version): wrapping that one method catches every
     entry that leaves memory. Shorter prefixes dropped because a longer entry covers
-    them (`pop_prefixes`) are not spilled: the longer one serves them."""
+    them (`pop_prefixes`) are not spilled: the longer one serves them. With `key`, only
+    that model's entries spill (a draft model's caches share the memory tier)."""
     from mlx_lm.models.cache import LRUPromptCache
 
     cache = LRUPromptCache(max_size=max_size, max_bytes=max_bytes)
@@ -181,18 +187,21 @@ def spilling_cache(max_size: int, max_bytes: int, disk: DiskPromptCache | None) 
 
     def spill(model: Any, tokens: list[int]) -> Any:
         entry = pop(model, tokens)
-        disk.store(list(tokens), entry.prompt_cache)
+        if key is None or model == key:
+            disk.store(list(tokens), entry.prompt_cache)
         return entry
 
     cache._trie.pop = spill
     return cache
 
 
-def cached_entries(cache: Any) -> list[tuple[list[int], Any]]:
-    """(tokens, KV cache) of every entry of an in-memory LRUPromptCache."""
+def cached_entries(cache: Any, key: Any = None) -> list[tuple[list[int], Any]]:
+    """(tokens, KV cache) of every entry of an in-memory LRUPromptCache (of `key`'s)."""
     found = []
     for lru in cache._lru._lrus.values():
         for model, tokens in lru:
+            if key is not None and model != key:
+                continue
             entry = cache._trie.get(model, tokens)
             if entry is not None:
                 found.append((list(tokens), entry.prompt_cache))

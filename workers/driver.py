@@ -27,10 +27,29 @@ class SingleProcess:
         model, tokenizer = load(str(model_dir), adapter_path=adapter)[:2]
         return model, tokenizer
 
-    def runner(self, model: Any, tokenizer: Any, cache_bytes: int, disk: Any = None) -> Any:
+    def runner(
+        self,
+        model: Any,
+        tokenizer: Any,
+        cache_bytes: int,
+        disk: Any = None,
+        draft: Any = None,
+        num_draft: int = 4,
+        kv_bits: int = 0,
+        kv_group: int = 64,
+    ) -> Any:
         from .batching import BatchRunner
 
-        return BatchRunner(model, tokenizer, cache_bytes, disk=disk)
+        return BatchRunner(
+            model,
+            tokenizer,
+            cache_bytes,
+            disk=disk,
+            draft=draft,
+            num_draft=num_draft,
+            kv_bits=kv_bits,
+            kv_group=kv_group,
+        )
 
     def close(self) -> None:
         """The engine stops: nothing else to tell."""

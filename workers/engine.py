@@ -72,11 +72,19 @@ class Engine:
         prompt_cache_bytes: int = 0,
         prompt_cache_disk: tuple[Path, int] | None = None,
         driver: Any = None,
+        draft_dir: Path | None = None,
+        draft_num_predict: int = 4,
+        kv_cache_type: str = "f16",
     ) -> None:
         self.model_dir = model_dir
         self.prompt_cache_disk = prompt_cache_disk  # (folder, bytes): the disk tier
         self.driver = driver or SingleProcess()  # loads and steps: alone, or with a group
         self.adapter_dir = adapter_dir
+        self.draft_dir = draft_dir  # speculative decoding (speculative.py)
+        self.draft_num_predict = draft_num_predict
+        self.draft: Any = None
+        self.kv_cache_type = kv_cache_type  # f16, q8_0 or q4_0 (kvquant.py)
+        self._kv = (0, 0)  # (bits, group size) of a quantized KV cache
         self.memory_limit = memory_limit  # bytes this worker may use; 0: what the OS has free
         self._kv_bytes_per_token = 0
         self.prompt_cache_bytes = prompt_cache_bytes
@@ -173,7 +181,14 @@ class Engine:
 
                 disk = DiskPromptCache(*self.prompt_cache_disk)
             self._batch = self.driver.runner(
-                self.model, self.tokenizer, self.prompt_cache_bytes, disk
+                self.model,
+                self.tokenizer,
+                self.prompt_cache_bytes,
+                disk=disk,
+                draft=self.draft,
+                num_draft=self.draft_num_predict,
+                kv_bits=self._kv[0],
+                kv_group=self._kv[1],
             )
         while True:
             # Idle: wait for work. Busy: take what has arrived and keep decoding.
@@ -201,13 +216,13 @@ class Engine:
         if mx.get_cache_memory():
             mx.clear_cache()
 
-    def memory_now(self) -> tuple[int, int]:
-        """(active, cached) bytes MLX holds: what /api/ps reports as the model's size."""
+    def memory_now(self) -> tuple[int, int, int]:
+        """(active, cached, peak) bytes MLX holds: /api/ps reports active + cached."""
         if self.status != "ok":
-            return self.memory_bytes, 0
+            return self.memory_bytes, 0, self.memory_bytes
         import mlx.core as mx
 
-        return int(mx.get_active_memory()), int(mx.get_cache_memory())
+        return int(mx.get_active_memory()), int(mx.get_cache_memory()), int(mx.get_peak_memory())
 
     def _die(self, message: str, status: str = "error") -> None:
         """End every request in flight and every queued one with an error line."""
@@ -265,6 +280,7 @@ class Engine:
         import mlx.core as mx
         from mlx.utils import tree_flatten
 
+        from . import ollama_tensors
         from .embedding import Embedder
 
         config = json.loads((self.model_dir / "config.json").read_text())
@@ -278,9 +294,17 @@ class Engine:
             self.generative = False
             self._embedder = Embedder.for_encoder(self.model_dir, config)
             self.model = self._embedder.forward
+        elif ollama_tensors.is_ollama(self.model_dir):  # Ollama's quantized tensor blobs
+            if not isinstance(self.driver, SingleProcess):  # its ranks would load shards
+                raise RuntimeError(
+                    "a model in Ollama's quantized tensor format cannot be served by a group"
+                )
+            self.model, self.tokenizer = ollama_tensors.load(self.model_dir, adapter)
         else:
             self.model, self.tokenizer = self.driver.load(self.model_dir, adapter)
-        weights = sum(v.nbytes for _, v in tree_flatten(self.model.parameters()))
+            self._load_extras()
+        models = [self.model] if self.draft is None else [self.model, self.draft]
+        weights = sum(v.nbytes for m in models for _, v in tree_flatten(m.parameters()))
         self.memory_bytes = max(int(mx.get_active_memory()), int(weights))
         # MLX keeps freed buffers for reuse; on a Mac that is unified memory taken from
         # every other app and model. Bound it; it is emptied whenever the worker idles.
@@ -291,7 +315,10 @@ class Engine:
         if self.vision:
             self.context_length, self._kv_bytes_per_token = vision.sizes(self.model)
         elif self.generative:
-            self._kv_bytes_per_token = _kv_bytes_per_token(self.model) // self.driver.kv_divisor
+            per_rank = _kv_bytes_per_token(self.model, *self._kv) // self.driver.kv_divisor
+            self._kv_bytes_per_token = per_rank
+            if self.draft is not None:
+                self._kv_bytes_per_token += _kv_bytes_per_token(self.draft)
         else:
             self.context_length = self._embedder.max_tokens
         log.info(
@@ -300,6 +327,15 @@ class Engine:
             time.perf_counter() - started,
             self.memory_bytes >> 20,
         )
+
+    def _load_extras(self) -> None:
+        """A text model's draft (DRAFT) and KV cache kind (kv_cache_type)."""
+        from .kvquant import kv_settings
+        from .speculative import load_draft
+
+        self._kv = kv_settings(self.model, self.kv_cache_type)
+        if self.draft_dir is not None:
+            self.draft = load_draft(self.draft_dir, self.model, self.tokenizer)
 
     def _embed(self, job: EmbedJob) -> None:
         """One embedding request, run to the end here (a few batched forward passes)."""
@@ -347,8 +383,9 @@ def _announce(status: str) -> None:
     print(json.dumps({"status": status}), flush=True)
 
 
-def _kv_bytes_per_token(model: Any) -> int:
-    """KV cache bytes that one token of context costs (keys and values, every layer)."""
+def _kv_bytes_per_token(model: Any, bits: int = 0, group: int = 0) -> int:
+    """KV cache bytes that one token of context costs (keys and values, every layer);
+    `bits` and `group`: a quantized cache's (packed values, a scale and a bias a group)."""
     import mlx.core as mx
     from mlx.utils import tree_flatten
 
@@ -365,4 +402,6 @@ def _kv_bytes_per_token(model: Any) -> int:
         for _, v in tree_flatten(model.parameters())
         if mx.issubdtype(v.dtype, mx.floating)
     ]
-    return 2 * layers * kv_heads * head_dim * (floats[0] if floats else 2)
+    size = floats[0] if floats else 2
+    per_element = bits / 8 + 2 * size / group if bits else size
+    return int(2 * layers * kv_heads * head_dim * per_element)

@@ -19,9 +19,8 @@ from transformers.integrations.gguf.gguf_tokenizer_mapping import (
     convert_gguf_tokenizer,
 )
 
-# llama.cpp's default for add_bos_token when the file does not say (src/llama-vocab.cpp:
-# sentencepiece vocabularies add BOS, and so do the BPE pre-tokenizers of the Llama 3 family).
-_BOS_BY_DEFAULT_PRE = frozenset({"llama3", "llama-v3", "llama-bpe", "falcon3", "smaug-bpe"})
+from ollmlx.gguf_meta import add_bos
+
 _SPECIAL_IDS = {
     "bos_token": "tokenizer.ggml.bos_token_id",
     "eos_token": "tokenizer.ggml.eos_token_id",
@@ -45,14 +44,6 @@ def tokenizer_dict(metadata: dict[str, Any]) -> dict[str, Any]:
         for k, name in renames.items()
         if f"tokenizer.{k}" in metadata
     }
-
-
-def add_bos(metadata: dict[str, Any]) -> bool:
-    value = metadata.get("tokenizer.ggml.add_bos_token")
-    if isinstance(value, bool):
-        return value
-    model = metadata.get("tokenizer.ggml.model")
-    return model == "llama" or metadata.get("tokenizer.ggml.pre") in _BOS_BY_DEFAULT_PRE
 
 
 def special_tokens(metadata: dict[str, Any]) -> dict[str, str]:

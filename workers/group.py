@@ -208,11 +208,22 @@ class LockstepDriver(SingleProcess):
             raise GroupError("a model with an adapter cannot be served by a group")
         return self.member.load(model_dir)
 
-    def runner(self, model: Any, tokenizer: Any, cache_bytes: int, disk: Any = None) -> Any:
-        # `disk` is None: the supervisor gives a group no disk tier (a rank's cache entries
-        # are its shard of them, and ranks on one host would share the folder).
+    def runner(
+        self,
+        model: Any,
+        tokenizer: Any,
+        cache_bytes: int,
+        disk: Any = None,
+        draft: Any = None,
+        num_draft: int = 4,
+        kv_bits: int = 0,
+        kv_group: int = 64,
+    ) -> Any:
+        # `disk` and `draft` are None: the supervisor gives a group no disk tier (a rank's
+        # cache entries are its shard of them, and ranks on one host would share the
+        # folder) and no draft (the other ranks would have to run it too).
         channel = Channel(self.member.group, Digest())
-        batch = GroupBatchRunner(model, tokenizer, cache_bytes, channel)
+        batch = GroupBatchRunner(model, tokenizer, cache_bytes, channel, kv_bits, kv_group)
         self._leader = Leader(channel, batch, self.spec.timeout)
         return self._leader
 

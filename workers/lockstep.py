@@ -223,8 +223,16 @@ class GroupBatchRunner(BatchRunner):
     rank takes the longest prefix that all ranks still have.
     """
 
-    def __init__(self, model: Any, tokenizer: Any, cache_bytes: int, channel: Channel) -> None:
-        super().__init__(model, tokenizer, cache_bytes)
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        cache_bytes: int,
+        channel: Channel,
+        kv_bits: int = 0,  # a quantized KV cache: the same on every rank
+        kv_group: int = 64,
+    ) -> None:
+        super().__init__(model, tokenizer, cache_bytes, kv_bits=kv_bits, kv_group=kv_group)
         self._channel = channel
 
     def fail_all(self, message: str, status: int = 500) -> None:

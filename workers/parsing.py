@@ -73,6 +73,8 @@ class ResponseParser:
         return edges
 
     def feed(self, text: str) -> Parsed:
+        if self._think is None and self._tool is None and not self._pending:
+            return Parsed(content=text)  # no markers to look for: the common case
         out = Parsed()
         self._pending += text
         while self._pending:

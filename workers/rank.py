@@ -24,7 +24,13 @@ from .orphan import exit_when_orphaned
 log = logging.getLogger("ollmlx.worker")
 
 
-def run(spec: GroupSpec, model_dir: Path, prompt_cache_bytes: int, log_level: str) -> None:
+def run(
+    spec: GroupSpec,
+    model_dir: Path,
+    prompt_cache_bytes: int,
+    log_level: str,
+    kv_cache_type: str = "f16",
+) -> None:
     logging.basicConfig(
         level=log_level.upper(),
         format=f"%(asctime)s %(levelname)s rank{spec.rank}[{os.getpid()}]@{spec.host} %(message)s",
@@ -46,7 +52,10 @@ def run(spec: GroupSpec, model_dir: Path, prompt_cache_bytes: int, log_level: st
         log.exception("loading failed")
         _leave(1)
     channel = Channel(member.group, Digest())
-    batch = GroupBatchRunner(model, tokenizer, prompt_cache_bytes, channel)
+    from .kvquant import kv_settings
+
+    kv_bits, kv_group = kv_settings(model, kv_cache_type)  # as rank 0's engine does
+    batch = GroupBatchRunner(model, tokenizer, prompt_cache_bytes, channel, kv_bits, kv_group)
     try:
         Follower(channel, batch, spec.timeout).run()
     except GroupError as exc:

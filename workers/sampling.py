@@ -17,17 +17,18 @@ from ollmlx.protocol import Sampling
 
 Sampler = Callable[[mx.array], mx.array]
 LogitsProcessor = Callable[[mx.array, mx.array], mx.array]
+Distribution = Callable[[mx.array], mx.array]  # log probabilities -> logits to draw from
 
 
-def build_sampler(options: Sampling, vocab_size: int = 0) -> Sampler:
-    """A sampler of this request's own.
+def build_distribution(options: Sampling, vocab_size: int = 0) -> Distribution | None:
+    """The logits a sampled request draws from (top_k, top_p and min_p applied, scaled by
+    1/temperature), as a function of the log probabilities; None for greedy requests.
 
-    Greedy requests share mlx-lm's one greedy sampler, so a batch of them samples in one
-    call. A seeded request draws from its own PRNG key, so its output does not depend on
-    what else is in the batch.
+    The sampler draws from exactly this, and speculative decoding weighs the target's and
+    the draft's versions of it against each other (see acceptance.py).
     """
     if options.temperature <= 0:
-        return greedy_sampler
+        return None
     # Ollama treats top_k <= 0 and top_p >= 1 as "off"; top_k beyond the vocabulary keeps
     # every token (mlx-lm refuses it), and top_p 0 keeps the most likely one (llama.cpp).
     filters: list[Callable[[mx.array], mx.array]] = []
@@ -41,18 +42,38 @@ def build_sampler(options: Sampling, vocab_size: int = 0) -> Sampler:
     if top_k > 0:
         filters.append(lambda x: apply_top_k(x, top_k))
     scale = 1.0 / options.temperature
+
+    def shape(logprobs: mx.array) -> mx.array:
+        for keep in filters:
+            logprobs = keep(logprobs)
+        return logprobs * scale
+
+    return shape
+
+
+def build_sampler(options: Sampling, vocab_size: int = 0) -> Sampler:
+    """A sampler of this request's own.
+
+    Greedy requests share mlx-lm's one greedy sampler, so a batch of them samples in one
+    call. A seeded request draws from its own PRNG key, so its output does not depend on
+    what else is in the batch. The sampler carries its `distribution` (and whether it is
+    `seeded`) for speculative decoding.
+    """
+    shape = build_distribution(options, vocab_size)
+    if shape is None:
+        return greedy_sampler
     # A 64-bit seed (the supervisor checked its width); negative ones mean random.
     seed = options.seed % (1 << 64) if options.seed is not None else None
     key = [mx.random.key(seed)] if seed is not None else None
 
     def sample(logprobs: mx.array) -> mx.array:
-        for keep in filters:
-            logprobs = keep(logprobs)
         if key is None:
-            return mx.random.categorical(logprobs * scale)
+            return mx.random.categorical(shape(logprobs))
         key[0], draw = mx.random.split(key[0])
-        return mx.random.categorical(logprobs * scale, key=draw)
+        return mx.random.categorical(shape(logprobs), key=draw)
 
+    sample.distribution = shape  # type: ignore[attr-defined]
+    sample.seeded = key is not None  # type: ignore[attr-defined]
     return sample
 
 

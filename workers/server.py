@@ -77,12 +77,13 @@ async def health(request: web.Request) -> web.Response:
     status, error = engine.status, engine.error
     if status in ("ok", "loading") and not engine.alive and engine.started:
         status, error = "error", error or "the engine thread is gone"
-    active, cached = engine.memory_now()
+    active, cached, peak = engine.memory_now()
     body = Health(
         status=status,
         memory_bytes=max(engine.memory_bytes, active + cached),
         active_bytes=active,
         cache_bytes=cached,
+        peak_bytes=peak,
         context_length=engine.context_length,
         error=error,
         progress=1.0 if status == "ok" else 0.0,

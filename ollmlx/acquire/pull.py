@@ -19,9 +19,10 @@ from dataclasses import dataclass
 
 from ..errors import StatusError
 from ..store.aliases import HubRef, alias_table, resolve
-from ..store.catalog import Manifest, Store, StoredModel
-from ..store.modelinfo import describe
+from ..store.catalog import Store, StoredModel
+from ..store.modelinfo import capabilities, describe
 from ..store.names import DEFAULT_HOST, DEFAULT_NAMESPACE, ModelName, parse_name
+from ..store.spec import ModelSpec
 from . import hub
 from .hub import Plan, RemoteFile
 
@@ -212,19 +213,25 @@ class Puller:
 
 
 def install(store: Store, text: str, plan: Plan) -> StoredModel:
-    """Link the fetched files into the store in one step, then write the manifest."""
+    """Link the fetched files into the store's blobs, then write the manifest."""
+    created: set[str] = set()
     with store.scratch() as staging:
         for remote in plan.files:
             assert remote.path is not None
+            (staging / remote.name).parent.mkdir(parents=True, exist_ok=True)
             (staging / remote.name).symlink_to(remote.path.resolve())
         known = {f.name: f.sha256 for f in plan.files}
-        digest, size = store.install_weights(staging, known)
-    manifest = Manifest(
-        weights=digest,
-        size=size,
-        source=str(plan.ref),
-        repo=plan.ref.repo_id,
-        revision=plan.commit,
-        details=describe(store.weights / digest),
-    )
-    return store.write(text, manifest)
+        try:
+            layers = store.add_dir(staging, known, created=created)
+            spec = ModelSpec(
+                source=str(plan.ref),
+                repo=plan.ref.repo_id,
+                revision=plan.commit,
+                details=describe(staging),
+                capabilities=capabilities(staging),
+            )
+            sources = {layer.digest: staging / layer.name for layer in layers}
+            return store.write(text, layers, spec, sources=sources)
+        except BaseException:
+            store.discard(created)
+            raise

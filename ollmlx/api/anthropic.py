@@ -221,7 +221,7 @@ async def count_tokens(request: web.Request) -> web.Response:
     completion.sampling = msgspec.structs.replace(
         checked.sampling, num_predict=0, num_ctx=ctx.settings.max_num_ctx
     )
-    estimate = memory_estimate(checked.stored, checked.sampling.num_ctx)
+    estimate = memory_estimate(checked.stored, checked.sampling.num_ctx, ctx.settings.kv_cache_type)
     async with ctx.scheduler.use(checked.stored, checked.keep_alive, estimate) as lease:
         async for item in lease.worker.stream(completion):
             if isinstance(item, ErrorEvent):

@@ -10,6 +10,7 @@ import aiohttp
 import msgspec
 from aiohttp import web
 
+from ..acquire.gguf import Converter
 from ..config import Settings
 from ..errors import StatusError
 from ..serving import prompt_disk
@@ -17,6 +18,7 @@ from ..serving.group import GroupProcess
 from ..serving.runner import WorkerConfig, WorkerProcess, WorkerSpec
 from ..serving.scheduler import Scheduler
 from ..store.catalog import Store
+from ..store.migrate import migrate
 from .context import CONTEXT, Context, error_for
 
 log = logging.getLogger("ollmlx.api")
@@ -70,8 +72,10 @@ async def errors_middleware(
     except web.HTTPNotFound:
         # An unknown route (e.g. /api/push): JSON in the path's dialect, with gin's wording.
         return error_for(request, 404, "404 page not found")
-    except web.HTTPMethodNotAllowed:
-        return error_for(request, 405, "405 method not allowed")
+    except web.HTTPMethodNotAllowed as exc:
+        response = error_for(request, 405, "405 method not allowed")
+        response.headers["Allow"] = ", ".join(sorted(exc.allowed_methods))  # RFC 9110: a must
+        return response
     except web.HTTPException:
         raise  # aiohttp's other answers (413) keep their status
     except asyncio.CancelledError:
@@ -82,7 +86,7 @@ async def errors_middleware(
 
 
 def create_app(settings: Settings) -> web.Application:
-    from . import anthropic, embed, models, native, openai, pull, responses
+    from . import anthropic, blobs, embed, finetune, models, native, openai, pull, responses
     from .guards import add_cors_headers, make_guards
 
     app = web.Application(
@@ -115,14 +119,24 @@ def create_app(settings: Settings) -> web.Application:
                 return GroupProcess(spec, session, config)
             return WorkerProcess(spec, session, config)
 
-        scheduler = Scheduler(settings, spawn)
+        try:
+            store = Store(settings.models_dir)
+        except OSError as exc:  # e.g. Ollama's store of another user, read-only for us
+            log.error("cannot use the model store %s: %s", settings.models_dir, exc)
+            raise SystemExit(1) from None
+        # Once, before serving: an old ollmlx store becomes Ollama's format, and what
+        # crashed writes left behind goes.
+        await asyncio.to_thread(migrate, store)
+        await asyncio.to_thread(store.collect_garbage, not settings.no_prune)
+        converter = Converter(store)
+        scheduler = Scheduler(settings, spawn, prepare=converter.prepare)
         scheduler.start()
-        store = Store(settings.models_dir)
-        app[CONTEXT] = Context(settings, store, scheduler, session)
+        app[CONTEXT] = Context(settings, store, scheduler, session, converter)
         log.info("serving models from %s", settings.models_dir)
-        prompt_disk.collect(settings.models_dir, store.list())
+        await asyncio.to_thread(prompt_disk.collect, settings.models_dir, store.list())
         yield
         await scheduler.close()
+        await converter.close()
         await session.close()
 
     app.cleanup_ctx.append(lifecycle)
@@ -132,5 +146,7 @@ def create_app(settings: Settings) -> web.Application:
     responses.add_routes(app.router)
     anthropic.add_routes(app.router)
     embed.add_routes(app.router)
+    blobs.add_routes(app.router)
     pull.setup(app)
+    finetune.setup(app)
     return app

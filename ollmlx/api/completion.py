@@ -85,7 +85,8 @@ def model_sampling(ctx: Context, stored: StoredModel, options: dict[str, Any] | 
     budget = ctx.settings.memory_budget
 
     def fits(num_ctx: int) -> bool:
-        return not budget or memory_estimate(stored, num_ctx) <= budget
+        kv_default = ctx.settings.kv_cache_type
+        return not budget or memory_estimate(stored, num_ctx, kv_default) <= budget
 
     params = stored.manifest.parameters
     return resolve_sampling(ctx.settings, params, options, trained_context(stored), fits)
@@ -202,6 +203,7 @@ async def load_or_unload(
     if keep_alive == 0:
         await ctx.scheduler.unload(stored.name.display)
         return "unload"
-    await ctx.scheduler.load(stored, keep_alive, memory_estimate(stored, num_ctx))
+    estimate = memory_estimate(stored, num_ctx, ctx.settings.kv_cache_type)
+    await ctx.scheduler.load(stored, keep_alive, estimate)
     ctx.num_ctx[stored.name.display] = num_ctx
     return "load"

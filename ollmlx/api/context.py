@@ -16,6 +16,7 @@ import aiohttp
 import msgspec
 from aiohttp import web
 
+from ..acquire.gguf import Converter
 from ..config import Settings, parse_duration
 from ..errors import StatusError
 from ..serving.scheduler import Scheduler
@@ -30,6 +31,7 @@ class Context:
     store: Store
     scheduler: Scheduler
     session: aiohttp.ClientSession
+    converter: Converter
     inflight: int = 0
     idle: asyncio.Event = field(default_factory=asyncio.Event)
     # The num_ctx of each model's latest request: the context /api/ps shows in use.

@@ -7,18 +7,21 @@ the worker's events are written (NDJSON for Ollama, SSE for OpenAI).
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from typing import Any, Protocol
 
 from aiohttp import web
 
 from ..errors import StatusError
+from ..options import kv_cache_type
 from ..protocol import CompletionRequest, DoneEvent, ErrorEvent, TokenEvent
 from ..serving.runner import WorkerGone
 from ..store.catalog import StoredModel
 from ..store.modelinfo import estimate_memory
 from .context import Context
 
+log = logging.getLogger("ollmlx.api")
 RESENDS = 1  # times a request goes to a replacement when its worker was already gone
 
 
@@ -39,8 +42,13 @@ class Dialect(Protocol):
     def whole(self, event: TokenEvent, done: DoneEvent, total: int, load: int) -> bytes: ...
 
 
-def memory_estimate(stored: StoredModel, num_ctx: int) -> int:
-    return estimate_memory(stored.model_dir, stored.manifest.size, num_ctx)
+def memory_estimate(stored: StoredModel, num_ctx: int, kv_default: str = "f16") -> int:
+    """Weights, draft and KV cache; `kv_default` is OLLAMA_KV_CACHE_TYPE (the model's own
+    PARAMETER kv_cache_type wins)."""
+    kv_type = kv_cache_type(stored.manifest.parameters, kv_default)
+    return estimate_memory(
+        stored.model_dir, stored.manifest.size, num_ctx, kv_type, stored.draft_dir
+    )
 
 
 async def run_completion(
@@ -58,7 +66,7 @@ async def run_completion(
     The first event is awaited before the response starts, so an error there gets a
     real status code; later errors become the dialect's last error chunk.
     """
-    estimate = memory_estimate(stored, completion.sampling.num_ctx)
+    estimate = memory_estimate(stored, completion.sampling.num_ctx, ctx.settings.kv_cache_type)
     async with contextlib.AsyncExitStack() as stack:
         for attempt in range(RESENDS + 1):
             lease = await stack.enter_async_context(ctx.scheduler.use(stored, keep_alive, estimate))
@@ -79,26 +87,42 @@ async def run_completion(
         response = web.StreamResponse(headers={"Content-Type": dialect.content_type})
         await response.prepare(request)
         try:
-            while True:
-                if isinstance(event, ErrorEvent):
-                    await response.write(dialect.error(event.error))
-                    break
-                if isinstance(event, bytes):
-                    data = event  # a line the worker finished (`stream_as`): passed through
-                elif isinstance(event, TokenEvent):
-                    data = dialect.token(event)
-                else:
-                    total = time.perf_counter_ns() - started
-                    data = dialect.done(event, total, lease.load_duration)
-                if data:
-                    await response.write(data)
-                if isinstance(event, DoneEvent):
-                    break
-                event = await anext(events)
-        except StatusError as exc:
-            await response.write(dialect.error(str(exc)))
-        await response.write_eof()
+            await _stream(response, event, events, dialect, started, lease.load_duration)
+        except ConnectionResetError:
+            # The client left mid-answer: nobody to tell. Leaving this block ends the
+            # worker's stream and the lease, as a cancellation would.
+            log.debug("%s %s: the client left during the answer", request.method, request.path)
         return response
+
+
+async def _stream(
+    response: web.StreamResponse,
+    event: Any,
+    events: Any,
+    dialect: Dialect,
+    started: int,
+    load: int,
+) -> None:
+    """Write the worker's events in the dialect, ending with its final or error line."""
+    try:
+        while True:
+            if isinstance(event, ErrorEvent):
+                await response.write(dialect.error(event.error))
+                break
+            if isinstance(event, bytes):
+                data = event  # a line the worker finished (`stream_as`): passed through
+            elif isinstance(event, TokenEvent):
+                data = dialect.token(event)
+            else:
+                data = dialect.done(event, time.perf_counter_ns() - started, load)
+            if data:
+                await response.write(data)
+            if isinstance(event, DoneEvent):
+                break
+            event = await anext(events)
+    except StatusError as exc:
+        await response.write(dialect.error(str(exc)))
+    await response.write_eof()
 
 
 async def _collect(

@@ -5,31 +5,31 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import AsyncIterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+import msgspec
 from aiohttp import web
 
-from ..acquire.pull import Progress, Puller
-from ..acquire.quantize import convert, quant_bits
+from ..acquire.create import Creator
+from ..acquire.create_plan import plan_create
 from ..errors import StatusError
-from ..options import check_parameter
 from ..serving import prompt_disk
 from ..serving.group import GroupPlan, check_distributed, plan_group
-from ..store.aliases import resolve
-from ..store.catalog import Manifest, StoredModel
-from ..store.modelfile import format_parameters, parse_modelfile, render_modelfile
+from ..store import gguf
+from ..store.catalog import StoredModel
+from ..store.modelfile import format_parameters, render_modelfile
 from ..store.modelinfo import (
+    Details,
     capabilities,
     chat_template,
-    check_model_dir,
     count_parameters,
-    describe,
+    quantization_level,
     read_config,
 )
 from ..store.names import parse_name
+from ..store.spec import ModelSpec
 from .completion import model_sampling
 from .context import CONTEXT, Context, read_body
 from .generation import memory_estimate
@@ -98,6 +98,8 @@ async def ps(request: web.Request) -> web.Response:
             else datetime.fromtimestamp(ref.expires_at, timezone.utc).astimezone()
         )
         plan = ref.worker.spec.group
+        # What the worker holds (weights, draft, prompt cache: a quantized KV cache shows
+        # as its smaller size); the budget counts the larger of that and the estimate.
         # A group: this machine's share plus what the other hosts hold.
         size = ref.held_bytes + sum(ref.worker.rank_memory[1:])
         running.append(
@@ -153,7 +155,14 @@ def model_info(model_dir: Path) -> dict[str, Any]:
     return info
 
 
-def _source_info(manifest: Manifest) -> dict[str, str]:
+def stored_info(stored: StoredModel) -> dict[str, Any]:
+    """model_info: a GGUF's own metadata (as Ollama shows it), else facts of config.json."""
+    if stored.gguf is not None:
+        return gguf.model_info(gguf.header(stored.gguf)) if stored.gguf.is_file() else {}
+    return model_info(stored.model_dir)
+
+
+def _source_info(manifest: ModelSpec) -> dict[str, str]:
     """Where a pulled model came from: what an Ollama name resolved to, and the commit."""
     if not manifest.repo:
         return {}
@@ -163,33 +172,59 @@ def _source_info(manifest: Manifest) -> dict[str, str]:
     }
 
 
+def shown_template(stored: StoredModel) -> str:
+    """The template /api/show reports: Ollama's Go one if the manifest has it (as Ollama
+    shows it), else ollmlx's Jinja TEMPLATE, else the model's own chat template."""
+    spec = stored.manifest
+    return spec.go_template or spec.template or chat_template(stored.model_dir)
+
+
+def _shown_details(details: Details, info: dict[str, Any], stored: StoredModel) -> Details:
+    """Ollama's GetModelInfo fills a safetensors model's empty details from config.json
+    (x/create writes no family or size into the config)."""
+    if stored.format != "safetensors" or stored.problem:
+        return details
+    shown = msgspec.structs.replace(details)
+    shown.family = shown.family or str(info.get("general.architecture") or "")
+    shown.families = shown.families or ([shown.family] if shown.family else None)
+    count = int(info.get("general.parameter_count") or 0)
+    if not shown.parameter_size and count:
+        shown.parameter_size = gguf.human_number(count)
+    if not shown.quantization_level:
+        shown.quantization_level = quantization_level(read_config(stored.model_dir))
+    return shown
+
+
 async def show(request: web.Request) -> web.Response:
     ctx = request.app[CONTEXT]
     req = await read_body(request, model_decoder)
     name = req.model or req.name
     if not name:
         raise StatusError("model is required", 400)
-    stored = ctx.store.get(name)
+    stored = await asyncio.to_thread(ctx.store.get, name)
     if stored is None:
         raise StatusError(f"model '{name}' not found", 404)
     manifest = stored.manifest
+    template = shown_template(stored)
+    info = await asyncio.to_thread(stored_info, stored)
+    details = _shown_details(manifest.details, info, stored)
     return _json(
         ShowResponse(
             modelfile=render_modelfile(
                 stored.name.display,
                 manifest.source,
-                manifest.template,
+                template,
                 manifest.system,
                 manifest.parameters,
                 manifest.messages,
                 manifest.license,
             ),
-            details=manifest.details,
-            model_info={**model_info(stored.model_dir), **_source_info(manifest), **manifest.info},
+            details=details,
+            model_info={**info, **_source_info(manifest), **manifest.info},
             modified_at=stored.modified_at.astimezone(),
             capabilities=capabilities(stored.model_dir, manifest.template),
             parameters=format_parameters(manifest.parameters),
-            template=manifest.template or chat_template(stored.model_dir),
+            template=template,
             system=manifest.system or "",
             license="\n".join(manifest.license),
             messages=manifest.messages or None,
@@ -206,7 +241,7 @@ async def copy(request: web.Request) -> web.Response:
             parse_name(value)
         except StatusError:
             raise StatusError(f'{label} "{value}" is invalid', 400) from None
-    if ctx.store.copy(req.source, req.destination) is None:
+    if await asyncio.to_thread(ctx.store.copy, req.source, req.destination) is None:
         raise StatusError(f'model "{req.source}" not found', 404)
     return web.Response(status=200)
 
@@ -216,15 +251,17 @@ async def delete(request: web.Request) -> web.Response:
     req = await read_body(request, model_decoder)
     name = req.model or req.name
     try:
-        stored = ctx.store.get(name)
-    except StatusError:
+        stored = await asyncio.to_thread(ctx.store.get, name)
+    except StatusError as exc:
+        if exc.status != 400:
+            raise
         raise StatusError(f'name "{name}" is invalid', 400) from None
     if stored is None:
         raise StatusError(f"model '{name}' not found", 404)
     # Running answers finish on the loaded weights (open files outlive their names);
     # new requests find no model.
     await ctx.scheduler.retire(stored.name.display, "deleted")
-    ctx.store.delete(name)
+    await asyncio.to_thread(ctx.store.delete, name)
     log.info("deleted %s", stored.name.display)
     await asyncio.to_thread(prompt_disk.collect, ctx.settings.models_dir, ctx.store.list())
     return web.Response(status=200)
@@ -238,170 +275,11 @@ async def create(request: web.Request) -> web.StreamResponse:
         parse_name(name)
     except StatusError:
         raise StatusError("invalid model name", 400) from None
-    plan = _plan_create(ctx, req)
-    events = _run_create(ctx, request.app[PULLER], name, plan)
-    return await stream_progress(request, events, stream=req.stream is not False)
-
-
-class _CreatePlan:
-    """What /api/create will write, checked before any byte of the answer is sent."""
-
-    def __init__(self, req: CreateRequest) -> None:
-        self.req = req
-        self.source_dir: Path | None = None
-        self.adapter_dir: Path | None = None
-        self.base: StoredModel | None = None
-        self.pull: str = ""  # a FROM model to pull from Hugging Face first
-        self.bits = 0  # quantize to this many bits
-        self.parameters: dict[str, Any] = {}
-
-
-def _merge_modelfile(req: CreateRequest) -> None:
-    """Fold an old client's `modelfile` text into the request; the request's fields win."""
-    try:
-        parsed = parse_modelfile(req.modelfile)
-    except StatusError as exc:
-        raise StatusError(str(exc), 400) from None
-    req.from_ = req.from_ or parsed.from_
-    req.template = req.template if req.template is not None else parsed.template
-    req.system = req.system if req.system is not None else parsed.system
-    req.license = req.license or parsed.license or None
-    req.parameters = {**parsed.parameters, **(req.parameters or {})}
-    req.messages = req.messages or parsed.messages or None
-    if parsed.adapter:
-        req.adapters = {"adapter": parsed.adapter}
-
-
-def _plan_create(ctx: Context, req: CreateRequest) -> _CreatePlan:
-    plan = _CreatePlan(req)
-    if req.modelfile:
-        _merge_modelfile(req)
-    if not req.from_:
-        raise StatusError("neither 'from' or 'files' was specified", 400)
-    if req.quantize:
-        try:
-            plan.bits = quant_bits(req.quantize)
-        except StatusError as exc:
-            raise StatusError(str(exc), exc.status) from None
-    source = Path(req.from_).expanduser()
-    if source.is_absolute() or req.from_.startswith((".", "~")):
-        problem = check_model_dir(source)
-        if problem:
-            raise StatusError(problem, 400)
-        plan.source_dir = source.resolve()
-    else:
-        plan.base = ctx.store.get(req.from_)
-        if plan.base is None:
-            if not _pullable(req.from_):
-                raise StatusError(f"model '{req.from_}' not found", 404)
-            plan.pull = req.from_
+    plan = await asyncio.to_thread(plan_create, ctx.store, req)
     weights_dir = plan.source_dir or (plan.base.model_dir if plan.base else None)
-    if plan.bits and weights_dir is not None:
-        _check_quantizable(weights_dir)
-    for adapter in (req.adapters or {}).values():
-        path = Path(adapter).expanduser()
-        if not (path / "adapter_config.json").is_file():
-            raise StatusError(f"adapter {adapter} has no adapter_config.json", 400)
-        plan.adapter_dir = path.resolve()
-    try:
-        plan.parameters = {k: check_parameter(k, v) for k, v in (req.parameters or {}).items()}
-    except StatusError as exc:
-        raise StatusError(str(exc).strip('"'), 400) from None
     check_distributed(ctx.settings, weights_dir, plan.parameters.get("distributed"))
-    return plan
-
-
-def _pullable(text: str) -> bool:
-    try:
-        resolve(parse_name(text))
-    except StatusError:
-        return False
-    return True
-
-
-def _check_quantizable(model_dir: Path) -> None:
-    config = read_config(model_dir)
-    if config.get("quantization") or config.get("quantization_config"):
-        raise StatusError("quantization is only supported for F16 and F32 models", 400)
-
-
-def _base_manifest(base: StoredModel) -> Manifest:
-    fields = {f: getattr(base.manifest, f) for f in base.manifest.__struct_fields__}
-    manifest = Manifest(**fields)
-    manifest.source = base.name.display
-    return manifest
-
-
-def _apply_request(manifest: Manifest, plan: _CreatePlan) -> None:
-    """What the request sets replaces what the base model had."""
-    req = plan.req
-    manifest.parameters = {**manifest.parameters, **plan.parameters}
-    if req.template is not None:
-        manifest.template = req.template or None
-    if req.system is not None:
-        manifest.system = req.system or None
-    if req.license:
-        manifest.license = [req.license] if isinstance(req.license, str) else list(req.license)
-    if req.messages:
-        manifest.messages = list(req.messages)
-
-
-async def _run_create(
-    ctx: Context, puller: Puller, name: str, plan: _CreatePlan
-) -> AsyncIterator[Progress | str]:
-    """Pull or install the weights (blocking work in threads), then write the manifest."""
-    if plan.pull:
-        async for event in puller.pull(plan.pull):
-            if event.status != "success":
-                yield event
-        plan.base = ctx.store.get(plan.pull)
-        if plan.base is None:
-            raise StatusError(f"model '{plan.pull}' vanished after pulling it", 500)
-        if plan.bits:
-            _check_quantizable(plan.base.model_dir)
-    if plan.base is not None:
-        manifest = _base_manifest(plan.base)
-    else:
-        assert plan.source_dir is not None
-        manifest = Manifest(weights="", source=str(plan.source_dir))
-    if plan.bits:
-        async for status in _quantize(ctx, plan, manifest):
-            yield status
-    elif plan.source_dir is not None:
-        yield "copying model files"
-        digest, size = await asyncio.to_thread(ctx.store.install_weights, plan.source_dir)
-        manifest.weights, manifest.size = digest, size
-        manifest.details = await asyncio.to_thread(describe, plan.source_dir)
-        yield f"creating new layer {digest.replace('-', ':')}"
-    else:
-        yield f"using existing layer {manifest.weights.replace('-', ':')}"
-    if plan.adapter_dir is not None:
-        adapter, _ = await asyncio.to_thread(ctx.store.install_weights, plan.adapter_dir)
-        manifest.adapter = adapter
-        yield f"creating new layer {adapter.replace('-', ':')}"
-    _apply_request(manifest, plan)
-    yield "writing manifest"
-    await asyncio.to_thread(ctx.store.write, name, manifest)
-    log.info("created %s", parse_name(name).display)
-    yield "success"
-
-
-async def _quantize(ctx: Context, plan: _CreatePlan, manifest: Manifest) -> AsyncIterator[str]:
-    """Convert in a child process into scratch space, then install the result."""
-    source = plan.source_dir or (plan.base.model_dir if plan.base else None)
-    assert source is not None and plan.req.quantize
-    level = manifest.details.quantization_level or describe(source).quantization_level
-    yield f"quantizing {level or 'F16'} model to {plan.req.quantize.upper()}"
-    with ctx.store.scratch() as scratch:
-        out = scratch / "model"
-        async for status in convert(source, out, plan.bits):
-            yield status
-        digest, size = await asyncio.to_thread(ctx.store.install_weights, out)
-        details = await asyncio.to_thread(describe, out)
-    details.parent_model = manifest.source
-    manifest.weights, manifest.size, manifest.details = digest, size, details
-    manifest.repo = manifest.revision = ""
-    yield f"creating new layer {digest.replace('-', ':')}"
+    creator = Creator(ctx.store, request.app[PULLER], ctx.converter)
+    return await stream_progress(request, creator.run(name, plan), stream=req.stream is not False)
 
 
 def add_routes(router: web.UrlDispatcher) -> None:

@@ -1,4 +1,4 @@
-"""The progress stream that /api/pull and /api/create (and later jobs) share.
+"""The progress stream that /api/pull, /api/create and /api/finetune share.
 
 Status lines as NDJSON, as Ollama writes them; an error before the second line still gets
 a real HTTP status.
@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator, Iterator
 
+import msgspec
 from aiohttp import web
 
 from ..acquire.pull import Progress, Puller
@@ -21,10 +22,16 @@ PULLER = web.AppKey("puller", Puller)
 STREAM_ERRORS = (StatusError, OSError, ValueError)
 
 
-def _status(event: Progress | str) -> Status:
+# A route's events: pull-style progress, a bare status, or a status line of its own shape.
+Event = Progress | str | msgspec.Struct
+
+
+def _status(event: Event) -> msgspec.Struct:
     if isinstance(event, str):
         return Status(event)
-    return Status(event.status, event.digest, event.total, event.completed)
+    if isinstance(event, Progress):
+        return Status(event.status, event.digest, event.total, event.completed)
+    return event
 
 
 def _code(exc: BaseException) -> int:
@@ -36,7 +43,7 @@ def _line(obj: object) -> bytes:
 
 
 async def stream_progress(
-    request: web.Request, events: AsyncIterator[Progress | str], stream: bool
+    request: web.Request, events: AsyncIterator[Event], stream: bool
 ) -> web.StreamResponse:
     """Status lines as NDJSON (or the last one as JSON when `stream` is false).
 
@@ -45,7 +52,7 @@ async def stream_progress(
     """
     async with contextlib.aclosing(events):  # type: ignore[type-var]
         if not stream:
-            last: Status | None = None
+            last: msgspec.Struct | None = None
             try:
                 async for event in events:
                     last = _status(event)
@@ -53,7 +60,7 @@ async def stream_progress(
                 return error_response(_code(exc), str(exc))
             return web.Response(body=encoder.encode(last), content_type="application/json")
         response: web.StreamResponse | None = None
-        held: list[Status] = []
+        held: list[msgspec.Struct] = []
         try:
             async for event in events:
                 held.append(_status(event))
@@ -75,7 +82,7 @@ async def stream_progress(
         return response
 
 
-def _drain(held: list[Status]) -> Iterator[Status]:
+def _drain(held: list[msgspec.Struct]) -> Iterator[msgspec.Struct]:
     while held:
         yield held.pop(0)
 

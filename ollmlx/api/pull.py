@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 
 import msgspec
 from aiohttp import web
 
-from ..acquire.pull import Puller
+from ..acquire.gguf import Converter
+from ..acquire.pull import Progress, Puller
 from ..errors import StatusError
+from ..store.catalog import StoredModel
 from ..store.names import parse_name
 from .context import CONTEXT, read_body
 from .progress import PULLER, stream_progress
@@ -34,8 +37,26 @@ async def pull(request: web.Request) -> web.StreamResponse:
         parse_name(name)
     except StatusError:
         raise StatusError("invalid model name", 400) from None
-    events = request.app[PULLER].pull(name)
+    ctx = request.app[CONTEXT]
+    local = await asyncio.to_thread(ctx.store.get, name)
+    if local is not None and local.format == "gguf":
+        events = _prepare_gguf(ctx.converter, local)
+    else:
+        events = request.app[PULLER].pull(name)
     return await stream_progress(request, events, stream=req.stream is not False)
+
+
+async def _prepare_gguf(converter: Converter, stored: StoredModel) -> AsyncIterator[Progress]:
+    """A GGUF model in the store (Ollama's): ollmlx pulls from Hugging Face, not from
+    Ollama's registry, so "pulling" it converts it for MLX, its manifest left as it is."""
+    yield Progress("pulling manifest")
+    stored.check_runnable()
+    if stored.gguf is not None and not stored.converted:
+        async for event in converter.events(stored.name.display, stored.gguf):
+            if event.status != "success":
+                yield event
+    log.info("%s is a GGUF model of the store; it is ready for MLX", stored.name.display)
+    yield Progress("success")
 
 
 def setup(app: web.Application) -> None:

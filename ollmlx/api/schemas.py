@@ -11,6 +11,7 @@ from typing import Any
 
 import msgspec
 
+from ..acquire.create_plan import CreateRequest
 from ..protocol import Message
 from ..store.modelinfo import Details
 from ..wire import (  # noqa: F401  (re-exported: the routes' shapes in one place)
@@ -69,22 +70,6 @@ class ModelRequest(msgspec.Struct):
 class CopyRequest(msgspec.Struct):
     source: str = ""
     destination: str = ""
-
-
-class CreateRequest(msgspec.Struct, rename={"from_": "from"}):
-    model: str = ""
-    name: str = ""  # deprecated spelling of `model`
-    from_: str = ""
-    modelfile: str = ""  # older clients send the Modelfile text itself
-    files: dict[str, str] | None = None
-    adapters: dict[str, str] | None = None
-    template: str | None = None
-    system: str | None = None
-    license: str | list[str] | None = None
-    parameters: dict[str, Any] | None = None
-    messages: list[Message] | None = None
-    quantize: str | None = None
-    stream: bool | None = None
 
 
 class ListedModel(msgspec.Struct):

@@ -7,6 +7,7 @@ import sys
 
 from .. import __version__
 from ..config import OLLAMA_API_VERSION, ConfigError, load_settings
+from . import finetune
 from .client import Client, ClientError
 from .manage import cmd_copy, cmd_create, cmd_list, cmd_ps, cmd_rm, cmd_show, cmd_stop
 
@@ -15,6 +16,10 @@ def cmd_pull(client: Client, args: argparse.Namespace) -> None:
     from .pull_view import cmd_pull
 
     cmd_pull(client, args)
+
+
+def cmd_finetune(client: Client, args: argparse.Namespace) -> None:
+    finetune.cmd_finetune(client, args)
 
 
 def cmd_run(client: Client, args: argparse.Namespace) -> None:
@@ -85,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     pull = sub.add_parser("pull", help="pull a model from Hugging Face")
     pull.add_argument("model")
     pull.add_argument("--insecure", action="store_true", help="accepted for Ollama compatibility")
+    finetune.add_parser(sub)
     cp = sub.add_parser("cp", help="copy a model")
     cp.add_argument("source")
     cp.add_argument("destination")
@@ -112,6 +118,7 @@ COMMANDS = {
     "stop": cmd_stop,
     "run": cmd_run,
     "pull": cmd_pull,
+    "finetune": cmd_finetune,
 }
 
 

@@ -90,6 +90,9 @@ def cmd_ps(client: Client, args: argparse.Namespace) -> None:
     print_table(rows)
 
 
+FINETUNE = "ollmlx.finetune."  # model_info keys of a fine-tuned model (how it was trained)
+
+
 def cmd_show(client: Client, args: argparse.Namespace) -> None:
     info = client.request("POST", "/api/show", {"model": args.model})
     for flag in ("modelfile", "template", "system", "parameters", "license"):
@@ -111,6 +114,12 @@ def cmd_show(client: Client, args: argparse.Namespace) -> None:
     print("\n  Capabilities")
     for capability in info.get("capabilities", []):
         print(f"    {capability}")
+    tuned = {k[len(FINETUNE) :]: v for k, v in model_info.items() if k.startswith(FINETUNE)}
+    if tuned:
+        print("\n  Fine-tuning")
+        for key, value in tuned.items():
+            text = f"{value:.4g}" if isinstance(value, float) else str(value)
+            print(f"    {key.replace('_', ' '):<20}{text}")
     if info.get("parameters"):
         print("\n  Parameters")
         for line in info["parameters"].splitlines():
@@ -135,6 +144,8 @@ def create_request(name: str, modelfile_path: Path) -> dict[str, Any]:
     request: dict[str, Any] = {"model": name, "from": local(parsed.from_) or parsed.from_}
     if parsed.adapter:
         request["adapters"] = {"adapter": local(parsed.adapter) or parsed.adapter}
+    if parsed.draft:
+        request["draft"] = local(parsed.draft) or parsed.draft
     if parsed.template is not None:
         request["template"] = parsed.template
     if parsed.system is not None:

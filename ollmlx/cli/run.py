@@ -84,15 +84,37 @@ def pull(client: Client, model: str) -> None:
     cmd_pull(client, argparse.Namespace(model=model, insecure=False))
 
 
+def convert_gguf(client: Client, model: str) -> None:
+    """A GGUF model converts to MLX on its first use: ask for it now (the server's
+    /api/pull does it, or says it is done), showing the progress while it runs."""
+    live = sys.stderr.isatty()
+    shown = False
+    for part in client.stream("/api/pull", {"model": model}):
+        if part.get("status") != "converting gguf" or not part.get("total"):
+            continue
+        line = f"converting GGUF to MLX: {part.get('completed', 0)}/{part['total']} tensors"
+        if live:
+            sys.stderr.write("\r\x1b[2K" + line)
+        elif not shown:
+            print("converting GGUF to MLX", file=sys.stderr)
+        shown = True
+    if shown and live:
+        sys.stderr.write("\n")
+
+
 def ensure_model(client: Client, model: str, ask: bool) -> dict[str, Any]:
     """The model's /api/show; a model the server does not have is pulled first (`ask`
     first in a terminal)."""
     try:
-        return client.request("POST", "/api/show", {"model": model})
+        shown = client.request("POST", "/api/show", {"model": model})
     except ClientError as exc:
         if exc.status != 404:
             raise
         not_found = exc
+    else:
+        if (shown.get("details") or {}).get("format") == "gguf":
+            convert_gguf(client, model)
+        return shown
     if ask:
         try:
             answer = input(f"model '{model}' not found. pull it? [y/N] ")

@@ -75,6 +75,9 @@ class WorkerSpec:
     adapter_dir: Path | None = None
     prompt_cache_dir: Path | None = None  # the disk tier of its prompt cache, if any
     group: GroupPlan | None = None  # served by a group of ranks (group.GroupProcess)
+    draft_dir: Path | None = None  # a draft model: speculative decoding
+    draft_num_predict: int = 4  # tokens the draft proposes per round
+    kv_cache_type: str = "f16"  # f16, q8_0 or q4_0
 
 
 @dataclass(frozen=True)
@@ -158,6 +161,11 @@ class WorkerProcess:
         args = [sys.executable, "-m", "ollmlx_worker", "--model-dir", str(self.spec.model_dir)]
         if self.spec.adapter_dir:
             args += ["--adapter-dir", str(self.spec.adapter_dir)]
+        if self.spec.draft_dir:
+            args += ["--draft-dir", str(self.spec.draft_dir)]
+            args += ["--draft-num-predict", str(self.spec.draft_num_predict)]
+        if self.spec.kv_cache_type != "f16":
+            args += ["--kv-cache-type", self.spec.kv_cache_type]
         args += ["--log-level", "DEBUG" if config.debug else "INFO"]
         if config.memory_limit:
             args += ["--memory-limit", str(config.memory_limit)]
@@ -328,12 +336,15 @@ class WorkerProcess:
         """The next bytes of a stream; while none come, the worker must prove it lives."""
         while True:
             read = asyncio.ensure_future(content.readany())
-            done, _ = await asyncio.wait({read}, timeout=self.config.health_interval)
-            if done:
-                return read.result()
-            read.cancel()
+            try:
+                await asyncio.wait({read}, timeout=self.config.health_interval)
+            finally:
+                # Also when this stream is cancelled (its client left): the read must not
+                # outlive it, or it fails later with nobody to see it.
+                if not read.done():
+                    read.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await read
+                return await read  # bytes that came in time (or just before the cancel took)
             problem = await self.health_problem(self.config.health_timeout)
             if problem:
                 log.warning("worker %s stalled mid-stream: %s", self.spec.name, problem)

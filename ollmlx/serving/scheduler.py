@@ -20,11 +20,12 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 from ..config import Settings
 from ..errors import StatusError
+from ..options import draft_num_predict, kv_cache_type
 from ..store.catalog import StoredModel
 from .group import GroupPlan, host_share, plan_group
 from .prompt_disk import folder_for
@@ -84,16 +85,35 @@ class StartFailure:
     error: str
 
 
+@dataclass(eq=False)
+class Reservation:
+    """Memory of the budget held by work that is no model worker (a fine-tuning job)."""
+
+    name: str
+    size: int
+
+
 @dataclass
 class Lease:
     worker: WorkerProcess
     load_duration: int  # nanoseconds spent waiting for the model to load
 
 
+Prepare = Callable[[StoredModel], Awaitable[StoredModel]]
+
+
 class Scheduler:
-    def __init__(self, settings: Settings, spawn: Callable[[WorkerSpec], WorkerProcess]) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        spawn: Callable[[WorkerSpec], WorkerProcess],
+        prepare: Prepare | None = None,
+    ) -> None:
         self._settings = settings
         self._spawn = spawn
+        # What a model needs before a worker can load it (a GGUF converts on first use),
+        # awaited outside the lock: one model's conversion never holds up another's load.
+        self._prepare = prepare
         self._runners: dict[str, RunnerRef] = {}  # by name: the runners new requests use
         self._retired: set[RunnerRef] = set()  # draining or stopping: memory still theirs
         self._changed = asyncio.Condition()
@@ -102,6 +122,7 @@ class Scheduler:
         self._failures: dict[str, StartFailure] = {}
         self._monitor: asyncio.Task[None] | None = None
         self._stops: set[asyncio.Task[None]] = set()
+        self._reservations: set[Reservation] = set()  # bytes held outside any worker
 
     # -- public ------------------------------------------------------------------
 
@@ -117,6 +138,8 @@ class Scheduler:
         keep = self._settings.keep_alive if keep_alive is None else keep_alive
         if self._pending >= self._settings.max_queue:
             raise StatusError(QUEUE_FULL, 503)
+        if self._prepare is not None:
+            model = await self._prepare(model)
         self._pending += 1
         started = time.perf_counter_ns()
         try:
@@ -132,6 +155,64 @@ class Scheduler:
         """Load without generating (empty prompt); return the load time in nanoseconds."""
         async with self.use(model, keep_alive, estimate) as lease:
             return lease.load_duration
+
+    @contextlib.asynccontextmanager
+    async def reserve(self, name: str, size: int) -> AsyncIterator[Reservation]:
+        """Hold `size` bytes of the memory budget for the block (a fine-tuning job).
+
+        Counted like a loaded model: idle models are evicted to make room and busy ones
+        are waited for; while held, model loads see the bytes as used. A size above the
+        whole budget can never fit: a 400 at once, naming both figures.
+        """
+        budget = self._settings.memory_budget
+        if size > budget:
+            raise StatusError(
+                f"{name} needs about {_size(size)} of memory but the memory budget is "
+                f"{_size(budget)} (OLLMLX_MEMORY_BUDGET)",
+                400,
+            )
+        held = Reservation(name, size)
+        waiting = False
+        async with self._changed:
+            while True:
+                if self._closing:
+                    raise StatusError("the server is shutting down", 503)
+                refs = [*self._runners.values(), *self._retired]
+                if sum(r.memory_bytes for r in refs) + self._reserved() + size <= budget:
+                    break
+                victim = self._find_runner_to_unload()
+                if victim is not None:
+                    self._stop_later(victim, f"evicted to make room for {name}")
+                elif not waiting:
+                    log.info("waiting for busy models to finish before %s", name)
+                    waiting = True
+                await self._changed.wait()
+            self._reservations.add(held)
+        log.info("reserved %s of memory for %s", _size(size), name)
+        try:
+            yield held
+        finally:
+            self._reservations.discard(held)  # at once: a cancelled release still frees it
+            log.debug("released %s of memory held by %s", _size(size), name)
+            async with self._changed:
+                self._changed.notify_all()
+
+    async def resize(self, held: Reservation, size: int) -> None:
+        """Correct a held reservation to a better estimate (a job's own, once it counted
+        its tokens). Less frees room for waiting loads; more evicts idle models until the
+        total fits again, but never waits: the work is already running."""
+        async with self._changed:
+            if held not in self._reservations or size == held.size:
+                return
+            log.info("memory held by %s: %s, was %s", held.name, _size(size), _size(held.size))
+            held.size = size
+            refs = [*self._runners.values(), *self._retired]
+            excess = sum(r.memory_bytes for r in refs) + self._reserved()
+            excess -= self._settings.memory_budget
+            while excess > 0 and (victim := self._find_runner_to_unload()) is not None:
+                self._stop_later(victim, f"evicted to make room for {held.name}")
+                excess -= victim.memory_bytes
+            self._changed.notify_all()
 
     async def unload(self, name: str) -> bool:
         """`keep_alive: 0` / `ollmlx stop`: unload as soon as the last request ends."""
@@ -241,11 +322,15 @@ class Scheduler:
     def _fits(self, estimate: int) -> bool:
         """Room for one more model, counting workers that are still stopping."""
         refs = [*self._runners.values(), *self._retired]
-        used = sum(r.memory_bytes for r in refs)
+        used = sum(r.memory_bytes for r in refs) + self._reserved()
         return (
             len(refs) < self._settings.max_loaded_models
             and used + estimate <= self._settings.memory_budget
         )
+
+    def _reserved(self) -> int:
+        """Bytes held by reservations (work outside any worker)."""
+        return sum(r.size for r in self._reservations)
 
     def _find_runner_to_unload(self) -> RunnerRef | None:
         """The idle runner to evict, least recently used first; None while all are busy."""
@@ -253,13 +338,27 @@ class Scheduler:
         return min(idle, key=lambda r: r.last_used) if idle else None
 
     def _start(self, model: StoredModel, estimate: int, plan: GroupPlan | None) -> RunnerRef:
-        # No disk tier for a group: each rank's cache holds its own shard of every entry.
+        params = model.manifest.parameters
+        kv_type = kv_cache_type(params, self._settings.kv_cache_type)
+        # No disk tier for a group: each rank's cache holds its own shard of every entry;
+        # no draft either (every rank would have to run it).
         disk = (
             None
             if plan is not None
-            else folder_for(self._settings.models_dir, model.model_dir, model.adapter_dir)
+            else folder_for(self._settings.models_dir, model.model_dir, model.adapter_dir, kv_type)
         )
-        spec = WorkerSpec(model.name.display, model.model_dir, model.adapter_dir, disk, plan)
+        if plan is not None and model.draft_dir is not None:
+            log.info("%s: served by a group, without its draft", model.name.display)
+        spec = WorkerSpec(
+            model.name.display,
+            model.model_dir,
+            model.adapter_dir,
+            disk,
+            plan,
+            draft_dir=model.draft_dir if plan is None else None,
+            draft_num_predict=draft_num_predict(params),
+            kv_cache_type=kv_type,
+        )
         worker = self._spawn(spec)
         ref = RunnerRef(model, worker, estimate, asyncio.Semaphore(self._settings.num_parallel))
         ref.ready = asyncio.ensure_future(self._load_worker(ref))

@@ -1,70 +1,56 @@
-"""The model store: manifests by name, weight directories by content digest.
+"""The model store, in Ollama's format: manifests by name, content-addressed blobs.
 
-Layout under the models directory:
-    manifests/<host>/<namespace>/<model>/<tag>   JSON manifest (one per name)
-    weights/sha256-<hex>/                        a model directory, installed atomically
-Copies share weights; a weights directory goes when no manifest names it any more.
+Layout under the models folder (Ollama's, `OLLAMA_MODELS`):
+    manifests/<host>/<namespace>/<model>/<tag>   a manifest (manifest.py), one per name
+    blobs/sha256-<hex>                           layers: weights, configs, settings
+    ollmlx/models/<key>/                         links mlx-lm loads a safetensors model from
+    ollmlx/adapters/<key>/                       links to an mlx-lm adapter's files
+    ollmlx/gguf/<hex>/                           a GGUF converted to MLX (and its facts)
+    ollmlx/tmp/, ollmlx/pins/, ollmlx/store.lock writes in progress, uploads, the lock
+Manifests are written whole (temporary file, then rename) under the store lock; a delete
+removes the blobs no other manifest names (Ollama's RemoveLayers), then the folders under
+ollmlx/ that no manifest maps to.
 """
 
 from __future__ import annotations
 
+import builtins
 import contextlib
-import hashlib
+import logging
 import os
 import shutil
 import tempfile
-import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
-from ..protocol import Message
-from .files import open_regular
-from .modelinfo import Details, describe
-from .names import ModelName, parse_name
+from ..errors import StatusError
+from . import gc
+from .blobs import Blobs
+from .gguf import GGUFCache
+from .lock import store_lock
+from .manifest import (
+    ADAPTER,
+    CONFIG_MEDIA_TYPE,
+    FILE,
+    JSON,
+    MODEL,
+    TENSOR,
+    Config,
+    Layer,
+    Manifest,
+    decode_manifest,
+    encode_config,
+    encode_manifest,
+    hex_of,
+)
+from .names import HF_HOSTS, ModelName, parse_name
+from .resolve import Resolver, StoredModel
+from .spec import ModelSpec, config_extras, copy_spec, spec_layers
 
-
-class Manifest(msgspec.Struct, omit_defaults=True):
-    weights: str  # "sha256-<hex>" directory under weights/
-    source: str = ""  # what FROM named
-    repo: str = ""  # the Hugging Face repo a pulled model came from
-    revision: str = ""  # and its commit
-    adapter: str | None = None  # another weights digest: an mlx-lm LoRA adapter
-    parameters: dict[str, Any] = msgspec.field(default_factory=dict)
-    system: str | None = None
-    template: str | None = None
-    license: list[str] = msgspec.field(default_factory=list)
-    messages: list[Message] = msgspec.field(default_factory=list)
-    details: Details = msgspec.field(default_factory=Details)
-    size: int = 0
-    # Facts shown in /api/show's model_info, e.g. how a fine-tuned model was trained.
-    info: dict[str, Any] = msgspec.field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class StoredModel:
-    name: ModelName
-    manifest: Manifest
-    model_dir: Path
-    adapter_dir: Path | None
-    digest: str  # sha256 of the manifest bytes, as Ollama reports it
-    modified_at: datetime
-
-
-_encoder = msgspec.json.Encoder()
-_decoder = msgspec.json.Decoder(Manifest)
-
-
-def _hash_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open_regular(path) as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
+log = logging.getLogger("ollmlx.store")
 
 
 def _model_files(source: Path) -> list[Path]:
@@ -77,109 +63,243 @@ def _model_files(source: Path) -> list[Path]:
     return files
 
 
+def media_type_of(rel: str) -> str:
+    if rel.endswith(".safetensors"):
+        return TENSOR
+    return JSON if rel.endswith(".json") else FILE
+
+
 class Store:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.manifests = root / "manifests"
-        self.weights = root / "weights"
-        for folder in (self.manifests, self.weights):
-            folder.mkdir(parents=True, exist_ok=True)
+        self.manifests.mkdir(parents=True, exist_ok=True)
+        self.blobs = Blobs(root)
+        self.gguf = GGUFCache(root)
+        self.resolver = Resolver(self.blobs, self.gguf, root / "ollmlx")
 
-    def _manifest_path(self, name: ModelName) -> Path:
+    # -- names and manifests ---------------------------------------------------------------
+
+    def _path(self, name: ModelName) -> Path:
         return self.manifests.joinpath(*name.parts)
 
-    def get(self, text: str) -> StoredModel | None:
+    def _candidates(self, text: str) -> builtins.list[ModelName]:
         name = parse_name(text)
-        return self._load(name, self._manifest_path(name))
+        raw = text.strip().split("://", 1)[-1]
+        names = [name]
+        if raw.split("/", 1)[0].lower() in HF_HOSTS and raw.count("/") == 2:
+            # Ollama keeps hf.co pulls under manifests/hf.co/...: look there too.
+            names.append(ModelName("hf.co", name.namespace, name.model, name.tag))
+        return names
 
-    def list(self) -> list[StoredModel]:
+    def _find(self, text: str) -> tuple[ModelName, Path] | None:
+        """The manifest a name refers to: its lower-cased path (how ollmlx writes), else
+        any spelling of it (Ollama keeps a name's case: types/model/name.go Filepath)."""
+        candidates = self._candidates(text)
+        for name in candidates:
+            path = self._path(name)
+            if path.is_file():
+                return _name_of(self.manifests, path), path
+        wanted = {name.parts for name in candidates}
+        for path in self._manifest_paths():
+            name = _name_of(self.manifests, path)
+            if name.parts in wanted:
+                return name, path
+        return None
+
+    def _manifest_paths(self) -> builtins.list[Path]:
+        """Ollama's glob (manifest.Manifests): manifests/*/*/*/*, walked so that a folder
+        another server removes meanwhile (an emptied model's) is skipped, not an error."""
+        level = [self.manifests]
+        for depth in range(4):
+            found: builtins.list[Path] = []
+            for folder in level:
+                with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+                    with os.scandir(folder) as entries:
+                        for entry in entries:
+                            if entry.name.startswith("."):
+                                continue
+                            wanted = entry.is_file() if depth == 3 else entry.is_dir()
+                            if wanted:
+                                found.append(Path(entry.path))
+            level = found
+        return sorted(level)
+
+    def _read_manifests(self) -> Iterator[tuple[Path, bytes, Manifest]]:
+        for path in self._manifest_paths():
+            try:
+                data = path.read_bytes()
+                yield path, data, decode_manifest(data)
+            except (OSError, StatusError):
+                continue  # Ollama skips bad manifests too (Manifests(continueOnError))
+
+    def get(self, text: str) -> StoredModel | None:
+        found = self._find(text)
+        return self._load(*found) if found else None
+
+    def list(self) -> builtins.list[StoredModel]:
         models = []
-        for path in sorted(self.manifests.glob("*/*/*/*")):
-            if path.is_file() and not path.name.startswith("."):
-                host, namespace, model, tag = path.relative_to(self.manifests).parts
-                stored = self._load(ModelName(host, namespace, model, tag), path)
-                if stored:
-                    models.append(stored)
+        for path in self._manifest_paths():
+            with contextlib.suppress(StatusError, OSError):
+                models.append(self._load(_name_of(self.manifests, path), path))
         return models
 
-    def _load(self, name: ModelName, path: Path) -> StoredModel | None:
-        try:
-            data = path.read_bytes()
-            stat = path.stat()
-        except OSError:
-            return None
-        manifest = _decoder.decode(data)
-        model_dir = self.weights / manifest.weights
-        if not model_dir.is_dir():
-            return None  # never serve a model whose weights are missing
-        return StoredModel(
-            name=name,
-            manifest=manifest,
-            model_dir=model_dir,
-            adapter_dir=self.weights / manifest.adapter if manifest.adapter else None,
-            digest=hashlib.sha256(data).hexdigest(),
-            modified_at=datetime.fromtimestamp(stat.st_mtime, timezone.utc),
-        )
+    def _load(self, name: ModelName, path: Path) -> StoredModel:
+        return self.resolver.load(name, path)
+
+    # -- writing models --------------------------------------------------------------------
 
     @contextlib.contextmanager
     def scratch(self) -> Iterator[Path]:
-        """A temporary folder on the store's filesystem (links into weights/ are free)."""
-        folder = Path(tempfile.mkdtemp(prefix=".staging-", dir=self.weights))
+        """A temporary folder on the store's file system (hard links into blobs/ are free)."""
+        folder = Path(tempfile.mkdtemp(prefix="scratch-", dir=self.blobs.tmp))
         try:
             yield folder
         finally:
             shutil.rmtree(folder, ignore_errors=True)
 
-    def install_weights(
-        self, source: Path, known: Mapping[str, str] | None = None
-    ) -> tuple[str, int]:
-        """Copy a model directory into the store; return (digest, bytes).
-
-        Files are hashed, linked or copied into a temporary directory, then renamed into
-        place in one step: a half-copied model is never visible. `known` maps relative
-        paths to sha256 hex digests already verified (a pull), so they are not read twice.
-        """
-        files = _model_files(source)
-        listing = hashlib.sha256()
-        size = 0
-        for path in files:
-            rel = path.relative_to(source).as_posix()
-            sha = (known or {}).get(rel) or _hash_file(path)
-            listing.update(f"{rel}\0{sha}\n".encode())
-            size += path.stat().st_size
-        digest = f"sha256-{listing.hexdigest()}"
-        target = self.weights / digest
-        if target.is_dir():
-            return digest, size
-        staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=self.weights))
+    def add_dir(
+        self,
+        source: Path,
+        known: Mapping[str, str] | None = None,
+        prefix: str = "",
+        created: set[str] | None = None,
+    ) -> builtins.list[Layer]:
+        """Every file of a model folder as a layer (tensor, json or file, named by its
+        path), each blob hard-linked where possible and pinned until a manifest names it.
+        `known` maps relative paths to sha256 digests already verified (a pull); the
+        digests of blobs that did not exist before are added to `created`."""
+        layers: builtins.list[Layer] = []
         try:
-            for path in files:
-                dest = staging / path.relative_to(source)
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                try:
-                    os.link(path, dest)  # same filesystem: no bytes copied
-                except OSError:
-                    shutil.copy2(path, dest)
-            try:
-                staging.rename(target)
-            except OSError:
-                if not target.is_dir():  # a concurrent install of the same content won
-                    raise
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-        return digest, size
+            for path in _model_files(source):
+                rel = path.relative_to(source).as_posix()
+                digest, size, new = self.blobs.put_file(path, (known or {}).get(rel))
+                self.blobs.pin(digest)
+                if new and created is not None:
+                    created.add(digest)
+                kind = ADAPTER if prefix == "adapter/" else media_type_of(rel)
+                layers.append(Layer(kind, digest, size, name=prefix + rel))
+        except BaseException:
+            self.discard(layer.digest for layer in layers)  # never half a model
+            raise
+        return layers
 
-    def write(self, text: str, manifest: Manifest) -> StoredModel:
-        name = parse_name(text)
-        path = self._manifest_path(name)
+    def add_adapter_dir(
+        self, source: Path, created: set[str] | None = None
+    ) -> builtins.list[Layer]:
+        """An mlx-lm adapter folder as `adapter` layers named `adapter/<file>`."""
+        return self.add_dir(source, prefix="adapter/", created=created)
+
+    def add_draft_dir(self, source: Path, created: set[str] | None = None) -> builtins.list[Layer]:
+        """A speculative-decoding draft model's folder, as Ollama keeps one beside its
+        model: its files' layers named `draft/<file>`."""
+        return self.add_dir(source, prefix="draft/", created=created)
+
+    def add_gguf(self, path: Path, created: set[str] | None = None) -> Layer:
+        digest, size, new = self.blobs.put_file(path)
+        self.blobs.pin(digest)
+        if new and created is not None:
+            created.add(digest)
+        return Layer(MODEL, digest, size, from_=path.name)
+
+    def write(
+        self,
+        text: str,
+        layers: builtins.list[Layer],
+        spec: ModelSpec,
+        config: Config | None = None,
+        sources: Mapping[str, Path] | None = None,
+    ) -> StoredModel:
+        """Write the manifest of `text`: the weight layers given, the settings of `spec` as
+        layers, and a config blob (`config` with spec's details and ollmlx's extras).
+        `sources` (digest -> file) re-create a blob a concurrent delete took meanwhile."""
+        data, digests, written = self.compose(layers, spec, config)
+        with store_lock(self.root):
+            path = self.commit(text, data, digests, {**written, **(sources or {})})
+        return self._load(_name_of(self.manifests, path), path)
+
+    def compose(
+        self, layers: builtins.list[Layer], spec: ModelSpec, config: Config | None = None
+    ) -> tuple[bytes, set[str], dict[str, bytes]]:
+        """A manifest's bytes, the digests it names, and the settings and config blobs
+        written for it (pinned until `commit`, which makes it visible)."""
+        details = spec.details
+        base = config or Config()
+        config = msgspec.structs.replace(
+            base,
+            model_format=details.format,
+            model_family=details.family,
+            model_families=details.families,
+            model_type=details.parameter_size,
+            file_type=details.quantization_level,
+            capabilities=spec.capabilities or base.capabilities,
+            # What Ollama's CreateHandler writes (the config's "required by spec" fields).
+            architecture=base.architecture or "amd64",
+            os=base.os or "linux",
+            ollmlx=config_extras(spec),
+        )
+        written: dict[str, bytes] = {}
+
+        def put(data: bytes) -> tuple[str, int]:
+            digest, size = self.blobs.put_bytes(data)
+            self.blobs.pin(digest)  # the same bytes may be another model's, being deleted
+            written[digest] = data
+            return digest, size
+
+        weight_layers = [layer for layer in layers if layer.mediaType not in _SETTINGS_TYPES]
+        all_layers = [*weight_layers, *spec_layers(spec, put)]
+        config_digest, config_size = put(encode_config(config))
+        data = encode_manifest(Layer(CONFIG_MEDIA_TYPE, config_digest, config_size), all_layers)
+        return data, {config_digest, *(layer.digest for layer in all_layers)}, written
+
+    def commit(
+        self, text: str, data: bytes, digests: set[str], sources: Mapping[str, Path | bytes]
+    ) -> Path:
+        """Under the store lock: the manifest of `text` becomes `data` (its blobs checked
+        first and after), and the layers only the old manifest named go."""
+        self._ensure_blobs(digests, sources)
+        found = self._find(text)
+        path = found[1] if found else self._path(parse_name(text))
+        old = path.read_bytes() if found else None
+        self._write_file(path, data)
+        for digest in digests:
+            self.blobs.unpin(digest)
+        if old is not None and old != data:
+            with contextlib.suppress(StatusError):
+                self._remove_layers(decode_manifest(old))
+        # An Ollama server (which takes no lock) may have removed a blob meanwhile.
+        self._ensure_blobs(digests, sources)
+        return path
+
+    def _ensure_blobs(self, digests: set[str], sources: Mapping[str, Path | bytes]) -> None:
+        for digest in digests:
+            if self.blobs.touch(digest):
+                continue
+            source = sources.get(digest)
+            if source is None:
+                raise StatusError(f"blob {digest} not found", 400)
+            log.warning("blob %s vanished while a model was written: adding it again", digest)
+            if isinstance(source, bytes):
+                got, _ = self.blobs.put_bytes(source)
+            else:
+                got, _, _ = self.blobs.put_file(source, hex_of(digest))
+            if got != digest:
+                raise StatusError(f"blob {digest} changed while the model was written", 500)
+
+    def _write_file(self, path: Path, data: bytes) -> None:
+        """Whole or not at all; the temporary file is outside manifests/ (Ollama's glob
+        would read it)."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".manifest-", dir=path.parent)
-        with os.fdopen(fd, "wb") as f:
-            f.write(_encoder.encode(manifest))
-        os.replace(tmp, path)
-        stored = self._load(name, path)
-        assert stored is not None
-        return stored
+        fd, tmp = tempfile.mkstemp(prefix="manifest-", dir=self.blobs.tmp)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
 
     def install_derived(
         self,
@@ -194,49 +314,123 @@ class Store:
         weights (a full or fused model directory), or `adapter` (an mlx-lm adapter
         directory) is put on top of them; template, system, parameters, messages and
         license carry over; `info` is shown in /api/show. Atomic like every install."""
-        fields = {f: getattr(base.manifest, f) for f in base.manifest.__struct_fields__}
-        manifest = Manifest(**fields)
-        manifest.source = base.name.display
-        manifest.repo = manifest.revision = ""
-        if weights is not None:
-            manifest.weights, manifest.size = self.install_weights(weights)
-            manifest.adapter = None
-            manifest.details = describe(weights)
-            manifest.details.parent_model = base.name.display
-        if adapter is not None:
-            manifest.adapter, _ = self.install_weights(adapter)
-        manifest.info = {**manifest.info, **(info or {})}
-        return self.write(name, manifest)
+        from .modelinfo import capabilities, describe
+
+        spec = copy_spec(base.manifest)
+        spec.source = base.name.display
+        spec.repo = spec.revision = ""
+        config = base.config
+        layers = [layer for layer in base.layers if layer.mediaType != ADAPTER]
+        created: set[str] = set()
+        added: builtins.list[Layer] = []
+        try:
+            if weights is not None:
+                added = self.add_dir(weights, created=created)
+                layers = list(added)
+                spec.details = describe(weights)
+                spec.details.parent_model = base.name.display
+                spec.capabilities = capabilities(weights)
+                config = Config()
+            if adapter is not None:
+                adapter_layers = self.add_adapter_dir(adapter, created=created)
+                added += adapter_layers
+                layers += adapter_layers
+            spec.info = {**spec.info, **(info or {})}
+            return self.write(name, layers, spec, config, _sources(added, weights, adapter))
+        except BaseException:
+            self.discard(created)
+            raise
 
     def copy(self, source: str, destination: str) -> StoredModel | None:
-        stored = self.get(source)
-        if stored is None:
-            return None
-        return self.write(destination, stored.manifest)
+        """Ollama's CopyModel: the manifest's bytes under a second name, nothing else."""
+        name = parse_name(destination)
+        with store_lock(self.root):
+            found = self._find(source)
+            if found is None:
+                return None
+            existing = self._find(destination)
+            path = existing[1] if existing else self._path(name)
+            if path != found[1]:
+                self._write_file(path, found[1].read_bytes())
+        return self._load(_name_of(self.manifests, path), path)
 
     def delete(self, text: str) -> bool:
-        name = parse_name(text)
-        path = self._manifest_path(name)
-        try:
+        with store_lock(self.root):
+            found = self._find(text)
+            if found is None:
+                return False
+            path = found[1]
+            data = path.read_bytes()
             path.unlink()
-        except FileNotFoundError:
-            return False
-        for folder in (path.parent, path.parent.parent, path.parent.parent.parent):
-            with contextlib.suppress(OSError):
-                folder.rmdir()  # only succeeds when empty
-        self.collect_garbage()
+            _prune_dirs(path.parent, self.manifests)
+            with contextlib.suppress(StatusError):
+                self._remove_layers(decode_manifest(data))
+            self._collect_caches()
         return True
 
-    def collect_garbage(self) -> None:
-        """Remove weight directories that no manifest names, and stale staging folders."""
-        used = set()
-        for stored in self.list():
-            used.add(stored.manifest.weights)
-            if stored.manifest.adapter:
-                used.add(stored.manifest.adapter)
-        for folder in self.weights.iterdir():
-            stale_staging = folder.name.startswith(".staging-") and (
-                time.time() - folder.stat().st_mtime > 3600
-            )
-            if (folder.name.startswith("sha256-") and folder.name not in used) or stale_staging:
-                shutil.rmtree(folder, ignore_errors=True)
+    def discard(self, digests: Any) -> None:
+        """Blobs written for a model that was never created: gone unless a manifest
+        names them (they may have been there before)."""
+        wanted = set(digests)
+        if not wanted:
+            return
+        with store_lock(self.root):
+            for digest in wanted:
+                self.blobs.unpin(digest)
+            in_use = self._in_use()
+            for digest in wanted - in_use:
+                if not self.blobs.pinned(digest):
+                    self.blobs.remove(digest)
+
+    def _in_use(self) -> set[str]:
+        return gc.in_use(self)
+
+    def _remove_layers(self, manifest: Manifest) -> None:
+        gc.remove_layers(self, manifest)
+
+    def _collect_caches(self) -> None:
+        gc.collect_caches(self)
+
+    def collect_garbage(self, prune: bool = True) -> None:
+        """At start: leftovers of writes that never finished, the caches no manifest uses,
+        and (Ollama's PruneLayers) blobs no manifest names, older than an hour."""
+        gc.collect_garbage(self, prune)
+
+
+_SETTINGS_TYPES = frozenset(
+    {
+        "application/vnd.ollama.image.template",
+        "application/vnd.ollama.image.prompt",
+        "application/vnd.ollama.image.system",
+        "application/vnd.ollama.image.params",
+        "application/vnd.ollama.image.messages",
+        "application/vnd.ollama.image.license",
+        "application/vnd.ollmlx.image.jinja",
+    }
+)
+
+
+def _sources(layers: list[Layer], *folders: Path | None) -> dict[str, Path]:
+    out = {}
+    for layer in layers:
+        rel = layer.name.removeprefix("adapter/") if layer.mediaType == ADAPTER else layer.name
+        for folder in folders:
+            if folder is not None and (folder / rel).is_file():
+                out[layer.digest] = folder / rel
+                break
+    return out
+
+
+def _name_of(manifests: Path, path: Path) -> ModelName:
+    host, namespace, model, tag = path.relative_to(manifests).parts
+    return ModelName(host, namespace, model, tag)
+
+
+def _prune_dirs(folder: Path, top: Path) -> None:
+    """Empty manifest folders go (Ollama's PruneDirectory)."""
+    while folder != top and top in folder.parents:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+        folder = folder.parent

@@ -14,7 +14,7 @@ from ..errors import StatusError
 from ..options import parse_parameter
 from ..protocol import Message
 
-COMMANDS = ("from", "license", "template", "system", "adapter", "parameter", "message")
+COMMANDS = ("from", "license", "template", "system", "adapter", "draft", "parameter", "message")
 ROLES = ("system", "user", "assistant")
 
 
@@ -22,6 +22,7 @@ ROLES = ("system", "user", "assistant")
 class Modelfile:
     from_: str = ""
     adapter: str = ""
+    draft: str = ""  # a draft model for speculative decoding (Ollama's DRAFT): name or folder
     template: str | None = None
     system: str | None = None
     license: list[str] = field(default_factory=list)
@@ -100,6 +101,8 @@ def _apply(result: Modelfile, command: str, text: str, pos: int) -> int:
         result.from_ = value
     elif command == "adapter":
         result.adapter = value
+    elif command == "draft":
+        result.draft = value
     elif command == "template":
         result.template = value
     elif command == "system":

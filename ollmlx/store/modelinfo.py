@@ -12,6 +12,7 @@ from typing import Any
 import msgspec
 
 from ..architectures import ENCODER_TYPES, is_encoder, runs_with_mlx_vlm
+from ..config import kv_bytes_per_element
 from ..errors import StatusError
 from .files import is_regular, read_small, safetensors_header
 
@@ -80,11 +81,14 @@ def count_parameters(model_dir: Path, config: dict[str, Any]) -> int:
     bits = int((config.get("quantization") or {}).get("bits", 0) or 0)
     total = 0
     for path in weight_files(model_dir):
-        for name, info in safetensors_header(path).items():
+        header = safetensors_header(path)
+        for name, info in header.items():
             if name == "__metadata__" or not isinstance(info, dict):
                 continue
             if bits and name.endswith((".scales", ".biases")):
                 continue  # quantization bookkeeping, not parameters
+            if f"{name.rsplit('.', 1)[0]}.scale" in header:
+                continue  # the same, in Ollama's names (W.scale, W.bias)
             count = 1
             for dim in info.get("shape", []):
                 count *= int(dim)
@@ -138,20 +142,36 @@ def check_model_dir(path: Path) -> str | None:
     return None
 
 
-def estimate_memory(model_dir: Path, weights_bytes: int, context_length: int) -> int:
-    """Bytes a loaded model needs: its weights plus a float16 KV cache for the context."""
+def estimate_memory(
+    model_dir: Path,
+    weights_bytes: int,
+    context_length: int,
+    kv_cache_type: str = "f16",
+    draft_dir: Path | None = None,
+) -> int:
+    """Bytes a loaded model needs: its weights plus a KV cache for the context (float16 or
+    quantized, OLLAMA_KV_CACHE_TYPE), and a draft model's weights and float16 cache."""
     config = read_config(model_dir)
     if is_encoder(config):
         # No KV cache: one batch of activations (64 sequences of up to 512 tokens).
         hidden = int(config.get("hidden_size") or config.get("n_embd") or 0)
         return weights_bytes + 64 * 512 * hidden * 4 * 8
+    total = weights_bytes + int(kv_bytes_per_token(config, kv_cache_type) * context_length)
+    if draft_dir is not None:
+        draft = read_config(draft_dir)
+        draft_weights = sum(p.stat().st_size for p in weight_files(draft_dir))
+        total += draft_weights + int(kv_bytes_per_token(draft, "f16") * context_length)
+    return total
+
+
+def kv_bytes_per_token(config: dict[str, Any], kv_cache_type: str = "f16") -> float:
+    """KV cache bytes one token of context costs (keys and values, every layer)."""
     layers = int(config.get("num_hidden_layers", 0) or 0)
     heads = int(config.get("num_attention_heads", 0) or 0)
     kv_heads = int(config.get("num_key_value_heads", heads) or heads)
     hidden = int(config.get("hidden_size", 0) or 0)
     head_dim = int(config.get("head_dim", 0) or (hidden // heads if heads else 0))
-    kv_cache = 2 * layers * kv_heads * head_dim * context_length * 2
-    return weights_bytes + kv_cache
+    return 2 * layers * kv_heads * head_dim * kv_bytes_per_element(kv_cache_type, head_dim)
 
 
 def _tokenizer_text(model_dir: Path) -> str:

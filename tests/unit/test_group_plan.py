@@ -16,9 +16,10 @@ from ollmlx.errors import StatusError
 from ollmlx.options import parse_parameter, resolve_sampling
 from ollmlx.protocol import Sampling
 from ollmlx.serving.group import GroupPlan, host_share, plan_group
-from ollmlx.store.catalog import Manifest, StoredModel
+from ollmlx.store.catalog import StoredModel
 from ollmlx.store.modelfile import parse_modelfile
 from ollmlx.store.names import parse_name
+from ollmlx.store.spec import ModelSpec
 
 LOCAL = {"ssh": "127.0.0.1", "ips": ["127.0.0.1"]}
 FAR = {"ssh": "mac2.local", "ips": ["192.168.2.2"]}
@@ -101,7 +102,7 @@ def stored(tmp_path: Path, model_type: str = "llama", **parameters: str) -> Stor
     (model_dir / "config.json").write_text(json.dumps({"model_type": model_type}))
     return StoredModel(
         name=parse_name("m"),
-        manifest=Manifest(weights="sha256-x", parameters=dict(parameters)),
+        manifest=ModelSpec(parameters=dict(parameters)),
         model_dir=model_dir,
         adapter_dir=None,
         digest="d",

@@ -18,8 +18,9 @@ from ollmlx.config import Settings
 from ollmlx.errors import StatusError
 from ollmlx.serving.runner import WorkerSpec
 from ollmlx.serving.scheduler import Scheduler
-from ollmlx.store.catalog import Manifest, StoredModel
+from ollmlx.store.catalog import StoredModel
 from ollmlx.store.names import parse_name
+from ollmlx.store.spec import ModelSpec
 
 pytestmark = pytest.mark.asyncio(loop_scope="function")
 
@@ -98,7 +99,7 @@ class Harness:
 def model(name: str, digest: str = "d1") -> StoredModel:
     return StoredModel(
         name=parse_name(name),
-        manifest=Manifest(weights="sha256-x"),
+        manifest=ModelSpec(),
         model_dir=Path("/nonexistent"),
         adapter_dir=None,
         digest=digest,
@@ -258,3 +259,92 @@ async def test_a_full_queue_is_a_503() -> None:
     assert refused.value.status == 503
     h.workers[0].ready.set()
     await asyncio.wait_for(first, 2)
+
+
+async def test_a_reservation_evicts_idle_models_least_recently_used_first() -> None:
+    h = Harness(memory_budget=1000)
+    for name in ("a", "b"):
+        await h.scheduler.load(model(name), None, 100)
+    async with h.scheduler.reserve("the job", 850):
+        (a,), (b,) = h.workers_of("a"), h.workers_of("b")
+        await eventually(lambda: a.has_exited)
+        assert not b.has_exited
+        # The held bytes count for loads too: a third model needs b's room.
+        await asyncio.wait_for(h.scheduler.load(model("c"), None, 100), 2)
+        await eventually(lambda: b.has_exited)
+    assert [r.name for r in h.scheduler.loaded()] == ["c:latest"]
+
+
+async def test_a_reservation_waits_for_a_busy_model_to_finish() -> None:
+    h = Harness(memory_budget=150)
+    held: list[str] = []
+
+    async def job() -> None:
+        async with h.scheduler.reserve("the job", 100) as reservation:
+            held.append(reservation.name)
+
+    async with h.scheduler.use(model("a"), None, 100):
+        task = asyncio.ensure_future(job())
+        await asyncio.sleep(0.05)
+        assert not task.done() and not h.workers[0].stopping  # a serves a request
+    await asyncio.wait_for(task, 2)  # idle now: evicted, then the job runs
+    assert held == ["the job"] and h.workers[0].has_exited
+
+
+async def test_held_memory_delays_a_load_until_released() -> None:
+    h = Harness(memory_budget=150)
+    async with h.scheduler.reserve("the job", 100):
+        loading = asyncio.ensure_future(h.scheduler.load(model("a"), None, 100))
+        await asyncio.sleep(0.05)
+        assert not loading.done() and not h.workers
+    await asyncio.wait_for(loading, 2)
+    assert len(h.workers_of("a")) == 1
+
+
+async def test_a_reservation_larger_than_the_budget_is_refused_at_once() -> None:
+    h = Harness(memory_budget=1000)
+    await h.scheduler.load(model("a"), None, 100)
+    with pytest.raises(StatusError) as refused:
+        async with h.scheduler.reserve("the job", 3000):
+            pass
+    assert refused.value.status == 400
+    assert refused.value.message == (
+        "the job needs about 2.9 KiB of memory but the memory budget is 1000 B"
+        " (OLLMLX_MEMORY_BUDGET)"
+    )
+    assert not h.workers[0].stopping  # nothing was evicted for it
+
+
+async def test_a_cancelled_wait_for_memory_holds_nothing() -> None:
+    h = Harness(memory_budget=150)
+    async with h.scheduler.use(model("a"), None, 100):
+        waiting = asyncio.ensure_future(h.scheduler.reserve("the job", 100).__aenter__())
+        await asyncio.sleep(0.02)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+    await asyncio.wait_for(h.scheduler.load(model("b"), None, 40), 2)  # room is all free
+    assert not h.workers_of("a")[0].stopping
+
+
+async def test_a_smaller_reservation_lets_a_waiting_load_in() -> None:
+    h = Harness(memory_budget=150)
+    async with h.scheduler.reserve("the job", 100) as held:
+        loading = asyncio.ensure_future(h.scheduler.load(model("a"), None, 100))
+        await asyncio.sleep(0.05)
+        assert not loading.done()
+        await h.scheduler.resize(held, 40)  # the job's own, better estimate
+        await asyncio.wait_for(loading, 2)
+        assert held.size == 40
+
+
+async def test_a_larger_reservation_evicts_idle_models_without_waiting() -> None:
+    h = Harness(memory_budget=300)
+    for name in ("a", "b"):
+        await h.scheduler.load(model(name), None, 100)
+    async with h.scheduler.use(model("b"), None, 100):  # b is busy: it stays
+        async with h.scheduler.reserve("the job", 50) as held:
+            await asyncio.wait_for(h.scheduler.resize(held, 250), 1)
+            (a,), (b,) = h.workers_of("a"), h.workers_of("b")
+            await eventually(lambda: a.has_exited)
+            assert not b.stopping  # over budget until b's request ends; nothing waits

@@ -1,0 +1,80 @@
+"""Two ollmlx servers on one store: creates, copies and deletes running at once on both
+never lose a model and never delete a blob a manifest still names (the store lock, the
+pins of blobs about to be named, and the checks after a manifest is written)."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+from tests.conftest import Server, start_server
+
+ROUNDS = 5
+
+
+def _manifests(models: Path) -> dict[str, dict]:
+    out = {}
+    for path in (models / "manifests").glob("*/*/*/*"):
+        out["/".join(path.parts[-4:])] = json.loads(path.read_text())
+    return out
+
+
+def _worker(server: Server, prefix: str, source: Path, errors: list[BaseException]) -> None:
+    """Create from the folder (the same blobs as the other server's models), copy,
+    create FROM the copy, delete: the weights are often named by one manifest only."""
+    try:
+        with server.client() as client:
+            for i in range(ROUNDS):
+                name = f"{prefix}{i}"
+                client.create(model=name, from_=str(source), system=f"{prefix} {i}")
+                client.copy(name, f"{name}-copy")
+                client.create(model=f"{name}-child", from_=f"{name}-copy", parameters={"seed": i})
+                client.delete(name)
+                client.delete(f"{name}-copy")
+                if i < ROUNDS - 1:
+                    client.delete(f"{name}-child")
+    except BaseException as exc:  # reported by the test's thread
+        errors.append(exc)
+
+
+def test_two_servers_on_one_store_lose_nothing(tmp_path: Path, tiny_model_dir: Path) -> None:
+    first = start_server(tmp_path / "a")
+    models = first.models_dir
+    second = start_server(tmp_path / "b", OLLMLX_MODELS=str(models))
+    try:
+        errors: list[BaseException] = []
+        threads = [
+            threading.Thread(target=_worker, args=(server, prefix, tiny_model_dir, errors))
+            for server, prefix in ((first, "x"), (second, "y"), (first, "z"), (second, "w"))
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(240)
+        assert not errors, errors
+        manifests = _manifests(models)
+        last = ROUNDS - 1
+        assert set(manifests) == {
+            f"registry.ollama.ai/library/{p}{last}-child/latest" for p in "xyzw"
+        }
+        for manifest in manifests.values():
+            for layer in [manifest["config"], *manifest["layers"]]:
+                assert (models / "blobs" / layer["digest"].replace(":", "-")).is_file()
+        for server in (first, second):
+            with server.client() as client:
+                for p in "xy":
+                    reply = client.generate(
+                        model=f"{p}{last}-child", prompt="hi", options={"num_predict": 2}
+                    )
+                    assert reply.done
+        # Nothing but what the manifests name is left (no blob of a deleted model stays).
+        named = {
+            layer["digest"].replace(":", "-")
+            for manifest in manifests.values()
+            for layer in [manifest["config"], *manifest["layers"]]
+        }
+        assert {p.name for p in (models / "blobs").iterdir()} == named
+    finally:
+        first.stop()
+        second.stop()

@@ -47,6 +47,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--speculative", action="store_true", help="only the speculative-decoding figures"
     )
     parser.add_argument("--kv-cache", action="store_true", help="only the KV-cache figures")
+    parser.add_argument(
+        "--per-token", action="store_true", help="only the per-token figures (256x4, 1024x8)"
+    )
+    parser.add_argument(
+        "--residency", action="store_true", help="only the disk-tier TTFT and idle memory"
+    )
     return parser.parse_args(argv)
 
 
@@ -77,17 +83,32 @@ def make_systems(names: list[str], no_openblas: bool) -> list[System]:
     return [known["in-process"], *(known[n] for n in names if n != "in-process")]
 
 
-def run_extra(name: str, tmp: Path, started: float) -> dict[str, Any]:
-    from . import kvcache, speculative
+EXTRAS = ("per_token", "residency", "speculative", "kv_cache")
 
-    module = {"speculative": speculative, "kv_cache": kvcache}[name]
+
+def run_extra(name: str, tmp: Path, started: float) -> dict[str, Any]:
+    """Issue 16's figures: each part measures and reports on its own."""
+    from . import kvcache, pertoken, residency, speculative
 
     def say(what: str) -> None:
         print(f"[{time.perf_counter() - started:6.0f}s] {what} ...", flush=True)
 
-    figures: dict[str, Any] = module.measure(tmp, say=say)
+    figures: dict[str, Any]
+    if name == "per_token":
+        figures = pertoken.measure(tmp, say=say)
+        text = pertoken.report(figures)
+        checks = pertoken.targets(figures)
+        text += "\ntargets (ollmlx vs in-process, same run):\n" + report.format_targets(checks)
+        figures["targets"] = [{"target": n, "met": ok, "value": v} for n, ok, v in checks]
+    elif name == "residency":
+        figures = residency.measure(tmp, say=say)
+        text = residency.report_of(figures)
+    else:
+        module = {"speculative": speculative, "kv_cache": kvcache}[name]
+        figures = module.measure(tmp, say=say)
+        text = module.report(figures)
     print()
-    print(module.report(figures))
+    print(text)
     print()
     return figures
 
@@ -102,13 +123,13 @@ def main(argv: list[str] | None = None) -> int:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     runs: dict[str, Any] = {"plan": plan.__dict__, "openblas": not args.no_openblas}
     started = time.perf_counter()
-    # A full run ends with the speculative-decoding and KV-cache figures (issue 16); either
-    # flag runs that part alone.
-    extras = [name for name in ("speculative", "kv_cache") if getattr(args, name)]
+    # A full run starts with issue 16's figures (per-token overhead, disk tier and idle
+    # memory, speculative decoding, KV cache); each flag runs that part alone.
+    extras = [name for name in EXTRAS if getattr(args, name)]
     if extras:
         kinds = []
     elif not args.quick:
-        extras = ["speculative", "kv_cache"]
+        extras = list(EXTRAS)
     with tempfile.TemporaryDirectory(prefix="ollmlx-bench-models-") as tmp:
         for name in extras:
             runs[name] = run_extra(name, Path(tmp), started)

@@ -52,6 +52,7 @@ class Plan:
 class Result:
     system: str
     decode_tps: float = 0.0
+    wall_tps: float = 0.0  # the same streams: tokens / (request to last token)
     constrained_decode_tps: float = 0.0  # ollmlx only: with a JSON Schema `format`
     ttft: list[float] = field(default_factory=list)
     aggregate_tps: dict[int, float] = field(default_factory=dict)
@@ -78,6 +79,7 @@ class Result:
         return {
             "system": self.system,
             "decode_tps": self.decode_tps,
+            "wall_tps": self.wall_tps,
             "constrained_decode_tps": self.constrained_decode_tps,
             "ttft_s": self.ttft,
             "ttft_p50_s": self.ttft_p50,
@@ -177,18 +179,20 @@ def _decode(pairs: list[tuple[System, Result]], plan: Plan, base: int) -> None:
         if isinstance(system, Ollmlx):
             system.stream(prompt(base + 39), 8, LONG_JSON)  # builds the grammar tokenizer once
     free: dict[str, list[float]] = {r.system: [] for _, r in pairs}
+    wall: dict[str, list[float]] = {r.system: [] for _, r in pairs}
     constrained: list[float] = []
     for r in range(plan.repeats):
         for system, result in pairs:
             time.sleep(SETTLE)
-            free[result.system].append(
-                system.stream(prompt(base + 10 + r), plan.decode_tokens).decode_tps
-            )
+            answer = system.stream(prompt(base + 10 + r), plan.decode_tokens)
+            free[result.system].append(answer.decode_tps)
+            wall[result.system].append(answer.tokens / answer.total)
             if isinstance(system, Ollmlx):
                 answer = system.stream(prompt(base + 40 + r), plan.decode_tokens, LONG_JSON)
                 constrained.append(answer.decode_tps)
     for system, result in pairs:
         result.decode_tps = statistics.median(free[result.system])
+        result.wall_tps = statistics.median(wall[result.system])
         if isinstance(system, Ollmlx):
             result.constrained_decode_tps = statistics.median(constrained)
 

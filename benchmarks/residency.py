@@ -138,3 +138,28 @@ def report(ttft: dict[str, float], memory: dict[str, Any]) -> str:
     )
     lines.append(f"  /api/ps size (idle)    {memory['ps_size'] / mib:8.1f} MiB")
     return "\n".join(lines)
+
+
+def measure(tmp: Path, say: Any = print) -> dict[str, Any]:
+    """Both parts on a random llama 256 wide and 4 deep with an 8k context."""
+    from tests.tinymodel import build_tiny_model
+
+    model_dir = build_tiny_model(
+        tmp / "residency-model",
+        hidden_size=256,
+        num_layers=4,
+        num_heads=4,
+        num_kv_heads=2,
+        intermediate_size=1024,
+        vocab_size=4096,
+        max_position_embeddings=8192,
+    )
+    weights = sum(p.stat().st_size for p in model_dir.glob("*.safetensors"))
+    say("prompt-cache disk tier")
+    ttft = prefix_ttft(model_dir)
+    say("idle memory")
+    return {"ttft": ttft, "memory": idle_memory(model_dir, weights)}
+
+
+def report_of(figures: dict[str, Any]) -> str:
+    return report(figures["ttft"], figures["memory"])

@@ -163,12 +163,13 @@ class GroupProcess(WorkerProcess):
         if self.config.debug:
             env.append("MLX_RING_VERBOSE=1")
         log.info(
-            "launching %s on %d hosts (%s, %s parallelism): %s",
+            "launching %s on %d hosts (%s, %s parallelism): %s; every host loads %s",
             self.spec.name,
             plan.size,
             plan.backend,
             plan.parallelism,
             ", ".join(plan.hosts),
+            self.spec.model_dir,
         )
         return [
             *_launcher(),

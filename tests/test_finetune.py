@@ -307,3 +307,24 @@ def test_a_model_with_an_adapter_is_trained_on_from_its_adapter(
     assert stored is not None and stored.adapter_dir is not None
     config = json.loads((stored.adapter_dir / "adapter_config.json").read_text())
     assert config["lora_parameters"]["rank"] == 16
+
+
+def test_records_longer_than_max_seq_length_are_counted_before_training(
+    ft_server: Server, tiny_model_dir: Path
+) -> None:
+    # The count comes with the data line, the first one after the base's tokenizer loads
+    # (only it can say how long a record is), before any iteration.
+    oracle = Oracle(tiny_model_dir)
+    records = [*text_records(), {"text": "a much longer record " * 40}]
+    lengths = [len(oracle.tokenizer.encode(r["text"])) for r in records]
+    limit = 48
+    assert any(n > limit for n in lengths) and any(n <= limit for n in lengths)
+    lines = finetune(
+        ft_server, body("cut", data=records, max_seq_length=limit, iters=2, batch_size=1)
+    )
+    statuses = [line["status"] for line in lines]
+    assert statuses[:2] == ["loading base", "data"]
+    assert statuses.index("data") < statuses.index("training")
+    assert lines[1]["truncated"] == sum(n > limit for n in lengths)
+    with ft_server.client() as client:
+        client.delete("cut")

@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     extras = [name for name in EXTRAS if getattr(args, name)]
     if extras:
         kinds = []
-    elif not args.quick:
+    elif not args.quick and args.model is None:  # `--model X` measures that model only
         extras = list(EXTRAS)
     with tempfile.TemporaryDirectory(prefix="ollmlx-bench-models-") as tmp:
         for name in extras:

@@ -1,7 +1,8 @@
-"""The one error type with an HTTP status, shared by the supervisor and the workers.
+"""The error types shared by the supervisor and the workers. A leaf module.
 
-Raised wherever a request fails for a known reason; the HTTP layer turns it into each
-dialect's error shape (Ollama, OpenAI, Anthropic) in one place. A leaf module.
+StatusError: a request fails for a known reason; the HTTP layer turns it into each
+dialect's error shape (Ollama, OpenAI, Anthropic) in one place. ConfigError: a setting
+(environment variable, hostfile) that cannot be parsed.
 """
 
 from __future__ import annotations
@@ -17,3 +18,7 @@ class StatusError(Exception):
 
     def __repr__(self) -> str:
         return f"StatusError({self.message!r}, {self.status})"
+
+
+class ConfigError(ValueError):
+    """A setting that cannot be parsed; the message names the variable."""

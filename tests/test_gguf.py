@@ -31,6 +31,7 @@ from tests.gguf_fixtures import (
     encode_q6_k,
     gguf_to_hf_names,
     llama_permute,
+    tiny_gguf,
     write_gguf,
 )
 from tests.tinymodel import build_tiny_model
@@ -491,23 +492,9 @@ def test_an_unknown_go_template_is_refused_before_any_work(tiny, tmp_path: Path)
 # --- refusals and failures ---------------------------------------------------------------------
 
 
-def _tiny_gguf(path: Path, arch: str, tensors: dict[str, tuple[np.ndarray, Q]]) -> Path:
-    writer = gguf.GGUFWriter(str(path), arch)
-    writer.add_block_count(1)
-    writer.add_tokenizer_model("gpt2")
-    writer.add_token_list(["a", "b"])
-    for name, (data, qtype) in tensors.items():
-        writer.add_tensor(name, data, raw_dtype=qtype)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path
-
-
 def test_an_unsupported_architecture_is_refused_before_any_work(tmp_path: Path) -> None:
     data = np.zeros((4, 32), dtype=np.float32)
-    path = _tiny_gguf(tmp_path / "m.gguf", "mamba", {"token_embd.weight": (data, Q.F32)})
+    path = tiny_gguf(tmp_path / "m.gguf", "mamba", {"token_embd.weight": (data, Q.F32)})
     reason = check_supported(inspect(path))
     assert reason is not None and "'mamba' is not converted yet" in reason
     with pytest.raises(ConversionError, match="'mamba'") as err:
@@ -519,7 +506,7 @@ def test_an_unsupported_architecture_is_refused_before_any_work(tmp_path: Path) 
 def test_an_unrunnable_tensor_type_is_refused_before_any_work(tmp_path: Path) -> None:
     # Q8_K is llama.cpp's activation type: gguf-py cannot dequantize it, MLX cannot run it.
     blocks = np.zeros((4, 292), dtype=np.uint8)
-    path = _tiny_gguf(tmp_path / "m.gguf", "llama", {"token_embd.weight": (blocks, Q.Q8_K)})
+    path = tiny_gguf(tmp_path / "m.gguf", "llama", {"token_embd.weight": (blocks, Q.Q8_K)})
     assert "tensor type Q8_K cannot be run" in (check_supported(inspect(path)) or "")
     with pytest.raises(ConversionError, match="Q8_K") as err:
         convert(path, tmp_path / "mlx")
@@ -578,7 +565,7 @@ def test_entry_point_streams_progress_and_succeeds(tiny, tmp_path: Path) -> None
 
 def test_entry_point_exits_2_for_unsupported_files(tmp_path: Path) -> None:
     data = np.zeros((4, 32), dtype=np.float32)
-    path = _tiny_gguf(tmp_path / "m.gguf", "mamba", {"token_embd.weight": (data, Q.F32)})
+    path = tiny_gguf(tmp_path / "m.gguf", "mamba", {"token_embd.weight": (data, Q.F32)})
     done = _run(str(path), str(tmp_path / "mlx"))
     assert done.returncode == 2
     assert done.stderr.strip().splitlines()[-1].startswith("error: GGUF architecture 'mamba'")

@@ -19,7 +19,7 @@ from gguf import GGMLQuantizationType as Q
 
 from ollmlx.templates import families
 from tests.conftest import Server, server_env, start_server
-from tests.gguf_fixtures import write_gguf
+from tests.gguf_fixtures import tiny_gguf, write_gguf
 from tests.ollama_store import OllamaStore, human_number
 from tests.oracle import Oracle
 from tests.tinymodel import build_tiny_model
@@ -27,20 +27,6 @@ from tests.tinymodel import build_tiny_model
 GREEDY = {"temperature": 0, "num_predict": 12}
 HELLO = [{"role": "user", "content": "hello world"}]
 CHATML = families()["chatml"]
-
-
-def _tiny_gguf(path: Path, arch: str, tensors: dict[str, tuple[np.ndarray, Q]]) -> Path:
-    writer = gguf.GGUFWriter(str(path), arch)
-    writer.add_block_count(1)
-    writer.add_tokenizer_model("gpt2")
-    writer.add_token_list(["a", "b"])
-    for name, (data, qtype) in tensors.items():
-        writer.add_tensor(name, data, raw_dtype=qtype)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -61,9 +47,9 @@ def sources(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "qwen2.f16": write_gguf(qwen16, tmp / "model.gguf", Q.F16),
     }
     zeros = np.zeros((4, 32), dtype=np.float32)
-    files["mamba"] = _tiny_gguf(tmp / "mamba.gguf", "mamba", {"token_embd.weight": (zeros, Q.F32)})
+    files["mamba"] = tiny_gguf(tmp / "mamba.gguf", "mamba", {"token_embd.weight": (zeros, Q.F32)})
     blocks = np.zeros((4, 292), dtype=np.uint8)
-    files["q8k"] = _tiny_gguf(tmp / "q8k.gguf", "llama", {"token_embd.weight": (blocks, Q.Q8_K)})
+    files["q8k"] = tiny_gguf(tmp / "q8k.gguf", "llama", {"token_embd.weight": (blocks, Q.Q8_K)})
     return files
 
 

@@ -11,19 +11,18 @@ conversion as pull-style status lines, for /api/pull and /api/create.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import fcntl
 import json
 import logging
 import os
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 from ..errors import StatusError
 from ..store.catalog import Store, StoredModel
 from ..store.manifest import hex_of
+from .child import ChildFailed, json_lines
 from .pull import Progress
 
 log = logging.getLogger("ollmlx.gguf")
@@ -61,33 +60,12 @@ class _Job:
 
 async def _child(*args: str) -> AsyncIterator[str]:
     """Lines of `python -m ollmlx_worker.gguf ARGS`; its failure as a StatusError."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "ollmlx_worker.gguf",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,  # one pipe: no deadlock on a full stderr
-    )
-    tail: collections.deque[str] = collections.deque(maxlen=5)
     try:
-        assert proc.stdout is not None
-        async for raw in proc.stdout:
-            line = raw.decode(errors="replace").strip()
-            if line.startswith("{"):
-                yield line
-            elif line:
-                tail.append(line)
-        code = await proc.wait()
-        if code != 0:
-            reason = next((t for t in reversed(tail) if t.startswith("error: ")), "")
-            message = reason.removeprefix("error: ") or " | ".join(tail) or "conversion failed"
-            # Exit 2: a file the converter refuses (architecture, tensor type): a 400.
-            raise StatusError(message, 400 if code == 2 else 500)
-    finally:
-        if proc.returncode is None:  # the server is stopping: so does the conversion
-            proc.kill()
-            await proc.wait()
+        async for line in json_lines("gguf", *args):
+            yield line
+    except ChildFailed as exc:
+        # Exit 2: a file the converter refuses (architecture, tensor type): a 400.
+        raise StatusError(exc.message, 400 if exc.code == 2 else 500) from None
 
 
 async def check(path: Path) -> None:

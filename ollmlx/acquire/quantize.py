@@ -6,15 +6,13 @@ imports MLX); this module starts it, relays its status lines and reports its fai
 
 from __future__ import annotations
 
-import asyncio
-import collections
 import contextlib
 import json
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 from ..errors import StatusError
+from .child import ChildFailed, json_lines
 
 # Ollama's names map to the nearest MLX affine quantization (group size 64).
 QUANT_BITS = {
@@ -46,35 +44,12 @@ def _status_of(line: str) -> str | None:
 
 async def convert(src: Path, dst: Path, bits: int) -> AsyncIterator[str]:
     """Quantize `src` into the new directory `dst`, yielding status lines as they come."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "ollmlx_worker.convert",
-        str(src),
-        str(dst),
-        "--bits",
-        str(bits),
-        "--group-size",
-        str(GROUP_SIZE),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,  # one pipe: no deadlock on a full stderr
-    )
-    tail: collections.deque[str] = collections.deque(maxlen=5)
+    args = (str(src), str(dst), "--bits", str(bits), "--group-size", str(GROUP_SIZE))
     try:
-        assert proc.stdout is not None
-        async for raw in proc.stdout:
-            line = raw.decode(errors="replace").strip()
+        async for line in json_lines("convert", *args):
             status = _status_of(line)
             if status is not None:
                 yield status
-            elif line:
-                tail.append(line)
-        if await proc.wait() != 0:
-            reason = next((t for t in reversed(tail) if t.startswith("error: ")), "")
-            message = reason.removeprefix("error: ") or " | ".join(tail) or "conversion failed"
-            code = 400 if "only supported for" in message else 500
-            raise StatusError(message, code)
-    finally:
-        if proc.returncode is None:  # the client went away: stop the conversion
-            proc.kill()
-            await proc.wait()
+    except ChildFailed as exc:
+        code = 400 if "only supported for" in exc.message else 500
+        raise StatusError(exc.message, code) from None

@@ -28,8 +28,9 @@ from pathlib import Path
 import aiohttp
 
 from ..architectures import ENCODER_TYPES, parallelism, runs_with_mlx_vlm
-from ..config import Hostfile, Settings
+from ..config import Settings
 from ..errors import StatusError
+from ..hostfile import Hostfile
 from ..store.catalog import StoredModel
 from ..store.modelinfo import read_config
 from .runner import STOP_TIMEOUT, WorkerConfig, WorkerProcess, WorkerSpec

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from ollmlx.config import ConfigError, Settings, load_settings, parse_hostfile
+from ollmlx.config import ConfigError, Settings, load_settings
 from ollmlx.errors import StatusError
+from ollmlx.hostfile import parse_hostfile
 from ollmlx.options import parse_parameter, resolve_sampling
 from ollmlx.protocol import Sampling
 from ollmlx.serving.group import GroupPlan, host_share, plan_group

@@ -84,6 +84,13 @@ def qwen2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
+def qwen2_wide_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Heads of 64 values: a KV cache of these can be quantized (the tiny ones' 16 cannot)."""
+    out = tmp_path_factory.mktemp("models") / "qwen2-wide"
+    return build_tiny_model(out, model_type="qwen2", hidden_size=256, num_heads=4, num_kv_heads=2)
+
+
+@pytest.fixture(scope="module")
 def model_dirs(tiny_model_dir: Path, qwen2_dir: Path) -> dict[str, Path]:
     return {"llama": tiny_model_dir, "qwen2": qwen2_dir}
 
@@ -95,7 +102,10 @@ def oracles(model_dirs: dict[str, Path]) -> dict[str, Oracle]:
 
 @pytest.fixture(scope="module")
 def group_server(
-    tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, qwen2_dir: Path
+    tmp_path_factory: pytest.TempPathFactory,
+    tiny_model_dir: Path,
+    qwen2_dir: Path,
+    qwen2_wide_dir: Path,
 ) -> Iterator[Server]:
     tmp = tmp_path_factory.mktemp("group")
     hostfile = write_hostfile(tmp / "hosts.json", LOOPBACK, LOOPBACK)
@@ -107,11 +117,11 @@ def group_server(
         client.create(model="qwen-tp", from_=str(qwen2_dir), parameters={"distributed": "tensor"})
         client.create(model="qwen-pp", from_=str(qwen2_dir), parameters={"distributed": "pipeline"})
         client.create(model="qwen-one", from_=str(qwen2_dir))
-        q8 = {"kv_cache_type": "q8_0"}
-        client.create(
-            model="qwen-tp-q8", from_=str(qwen2_dir), parameters={**q8, "distributed": "tensor"}
-        )
-        client.create(model="qwen-one-q8", from_=str(qwen2_dir), parameters=q8)
+        q4 = {"kv_cache_type": "q4_0"}
+        wide = str(qwen2_wide_dir)
+        client.create(model="wide-tp-q4", from_=wide, parameters={**q4, "distributed": "tensor"})
+        client.create(model="wide-one-q4", from_=wide, parameters=q4)
+        client.create(model="wide-one", from_=wide)
     yield server
     server.stop()
     assert wait_for(lambda: gone(group_processes(server)), 10)
@@ -182,15 +192,21 @@ def test_four_concurrent_streams_of_a_group_equal_one_process_greedy(
 def test_a_group_with_a_quantized_kv_cache_answers_as_one_process_with_it(
     group_server: Server,
 ) -> None:
-    # Every rank quantizes its own heads' keys and values (kv_cache_type reaches them all).
-    topics = ["the city", "a quick dog"]
+    # Every rank quantizes its own heads' keys and values (kv_cache_type reaches them all):
+    # a rank that kept float keys would answer neither as q4_0 nor as f16 does.
+    # Long prompts: the quantization error grows with the keys attended to.
+    words = "the city a quick dog winter mornings the old library teacher river".split()
+    topics = [" ".join(words[(i + j) % len(words)] for j in range(300)) for i in range(3)]
+    options = {**GREEDY, "num_predict": 64, "num_ctx": 2048}
+    quantization_shows = False
     with group_server.client() as client:
         for topic in topics:
-            group = client.generate(model="qwen-tp-q8", prompt=topic, options=GREEDY)
-            one = client.generate(model="qwen-one-q8", prompt=topic, options=GREEDY)
-            assert group.context and list(group.context) == list(one.context or []), topic
-    running = {m["name"] for m in httpx.get(group_server.url + "/api/ps").json()["models"]}
-    assert "qwen-tp-q8:latest" in running
+            group = client.generate(model="wide-tp-q4", prompt=topic, options=options)
+            one = client.generate(model="wide-one-q4", prompt=topic, options=options)
+            f16 = client.generate(model="wide-one", prompt=topic, options=options)
+            assert group.context and list(group.context) == list(one.context or [])
+            quantization_shows |= list(one.context or []) != list(f16.context or [])
+    assert quantization_shows, "q4_0 answers as f16 does here: the test shows nothing"
 
 
 def test_a_group_samples_stops_constrains_and_reuses_its_prompt_cache_as_one_process(

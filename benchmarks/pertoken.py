@@ -5,7 +5,9 @@ streams, ollmlx with `repeat_penalty 1.0`), on a random llama 256 wide and 4 dee
 on one 1024 wide and 8 deep: a single stream (wall time from request to last token, and
 decoding only) and 8 streams at once (tokens over the wall time from the first request
 to the last token), ollmlx against in-process `stream_generate` / `batch_generate` and
-against `mlx_lm.server`. Every system takes its turn in each round; medians of rounds.
+against `mlx_lm.server`, and against the thinnest server there can be (`thinserver.py`:
+the official client reading in-process generation): what the client alone costs. Every
+system takes its turn in each round; medians of rounds.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 
 from .measures import SETTLE, prompt
 from .systems import InProcess, MlxLmServer, Ollmlx, System
+from .thinserver import ThinServer
 
 SHAPES: dict[str, dict[str, int]] = {
     "256x4": {"hidden_size": 256, "num_layers": 4, "num_heads": 4, "num_kv_heads": 2,
@@ -40,7 +43,7 @@ def measure(
         from tests.tinymodel import build_tiny_model
 
         model_dir = build_tiny_model(tmp / f"pertoken-{shape}", seed=5, **dims)
-        systems: list[System] = [InProcess(), Ollmlx(extra), MlxLmServer()]
+        systems: list[System] = [InProcess(), Ollmlx(extra), MlxLmServer(), ThinServer()]
         for system in systems:
             say(f"{shape}: starting {system.name}")
             system.start(model_dir)
@@ -80,12 +83,17 @@ def _rounds(
 
 def ratios(shape: dict[str, dict[str, float]]) -> dict[str, float]:
     ours, base, peer = shape["ollmlx"], shape["in-process"], shape["mlx_lm.server"]
-    return {
+    got = {
         "single_wall": ours["wall_1"] / base["wall_1"],
         "single_decode": ours["decode_1"] / base["decode_1"],
         "streams_vs_batch_generate": ours["wall_8"] / base["wall_8"],
         "streams_vs_mlx_lm_server": ours["wall_8"] / peer["wall_8"],
     }
+    thin = shape.get(ThinServer.name)
+    if thin is not None:  # the ceiling: only the official client between it and in-process
+        got["thin_single_wall"] = thin["wall_1"] / base["wall_1"]
+        got["thin_streams"] = thin["wall_8"] / base["wall_8"]
+    return got
 
 
 def targets(figures: dict[str, Any]) -> list[tuple[str, bool, str]]:
@@ -115,11 +123,11 @@ def report(figures: dict[str, Any]) -> str:
         ms = by_system["in-process"]["ms_per_token"]
         lines.append(f"  {shape} (in-process {ms:.2f} ms a token)")
         lines.append(
-            f"    {'system':<14} {'1 wall':>9} {'1 decode':>9} {f'{STREAMS} streams wall':>16}"
+            f"    {'system':<16} {'1 wall':>9} {'1 decode':>9} {f'{STREAMS} streams wall':>16}"
         )
         for name, row in by_system.items():
             lines.append(
-                f"    {name:<14} {row['wall_1']:9.1f} {row['decode_1']:9.1f} {row['wall_8']:16.1f}"
+                f"    {name:<16} {row['wall_1']:9.1f} {row['decode_1']:9.1f} {row['wall_8']:16.1f}"
             )
         got = ratios(by_system)
         lines.append(
@@ -128,4 +136,10 @@ def report(figures: dict[str, Any]) -> str:
             f"{got['streams_vs_batch_generate']:.2f}; / mlx_lm.server: "
             f"{got['streams_vs_mlx_lm_server']:.2f}"
         )
+        if "thin_single_wall" in got:
+            lines.append(
+                f"    thinnest server (in-process generation, one socket write a token, the "
+                f"official client) / in-process: {got['thin_single_wall']:.2f} single wall, "
+                f"{got['thin_streams']:.2f} at {STREAMS} streams: what the client costs"
+            )
     return "\n".join(lines)

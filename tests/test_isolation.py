@@ -251,6 +251,33 @@ def test_a_stream_on_a_stopped_worker_ends_with_an_error_line(
         server.stop()
 
 
+def test_a_quiet_but_healthy_stream_is_checked_and_goes_on(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    # A long prefill keeps the stream quiet for many health intervals: each time the
+    # supervisor asks the worker whether it lives, and the answer "ok" lets the stream
+    # go on, with every token and the same worker.
+    server = start_server(tmp_path, OLLMLX_HEALTH_INTERVAL="0.01", OLLMLX_HEALTH_TIMEOUT="1")
+    try:
+        with server.client() as client:
+            client.create(model="tiny", from_=str(tiny_model_dir))
+            client.generate(model="tiny", prompt="")
+            (worker,) = server.workers()
+            prompt = " ".join(["the quick robot paints a window"] * 300)
+            options = {"num_predict": 40, "temperature": 0, "num_ctx": 2048}
+            chunks = list(
+                client.generate(model="tiny", prompt=prompt, options=options, stream=True)
+            )
+            assert chunks[-1].done and chunks[-1].eval_count == 40
+            # The whole context prefilled: ~110 ms on the 2-core CI machine, ~10 checks.
+            assert chunks[-1].prompt_eval_count > 1000
+            assert "".join(c.response for c in chunks)
+            (same,) = server.workers()
+            assert same.pid == worker.pid
+    finally:
+        server.stop()
+
+
 def test_create_from_a_fifo_is_400_and_never_blocks_the_server(
     fresh_server: Server, tmp_path: Path, tiny_model_dir: Path
 ) -> None:

@@ -8,6 +8,7 @@ object, or Anthropic's SSE events (`event:` + `data:` lines), as Ollama writes t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets
 import time
@@ -222,8 +223,11 @@ async def count_tokens(request: web.Request) -> web.Response:
         checked.sampling, num_predict=0, num_ctx=ctx.settings.max_num_ctx
     )
     estimate = memory_estimate(checked.stored, checked.sampling.num_ctx, ctx.settings.kv_cache_type)
-    async with ctx.scheduler.use(checked.stored, checked.keep_alive, estimate) as lease:
-        async for item in lease.worker.stream(completion):
+    async with (
+        ctx.scheduler.use(checked.stored, checked.keep_alive, estimate) as lease,
+        contextlib.aclosing(lease.worker.stream(completion)) as items,
+    ):
+        async for item in items:
             if isinstance(item, ErrorEvent):
                 raise StatusError(item.error, item.status)
             if isinstance(item, DoneEvent):

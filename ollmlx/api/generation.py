@@ -71,7 +71,8 @@ async def run_completion(
         for attempt in range(RESENDS + 1):
             lease = await stack.enter_async_context(ctx.scheduler.use(stored, keep_alive, estimate))
             ctx.num_ctx[stored.name.display] = completion.sampling.num_ctx
-            events = aiter(lease.worker.stream(completion))
+            events = lease.worker.stream(completion)
+            stack.push_async_callback(events.aclose)  # its read ends with the request
             try:
                 event = await anext(events)
                 break

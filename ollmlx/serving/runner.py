@@ -29,8 +29,10 @@ from ..protocol import (
     SECRET_ENV,
     SECRET_HEADER,
     CompletionRequest,
+    DoneEvent,
     EmbedRequest,
     EmbedResponse,
+    ErrorEvent,
     Health,
     WorkerEvent,
     embed_response_decoder,
@@ -52,6 +54,7 @@ OPENBLAS_PATHS = tuple(
     for arch in ("x86_64", "aarch64")
     for sub in ("openblas-pthread/", "")
 )
+OPENBLAS_THREAD_TIMEOUT = "4"  # OpenBLAS's minimum: 2^4 cycles of spinning
 RUNNER_STOPPED = (
     "model runner has unexpectedly stopped, this may be due to resource limitations "
     "or an internal error, check ollama server logs for details"
@@ -305,24 +308,32 @@ class WorkerProcess:
                     body = await response.text()
                     raise StatusError(_error_text(body), response.status)
                 pending = b""
-                while True:
-                    chunk = await self._read_or_check(response.content)
-                    if not chunk:
-                        break
-                    pending += chunk
-                    *lines, pending = pending.split(b"\n")
-                    ready = bytearray()  # finished client lines (`stream_as`): not decoded
-                    for line in lines:
-                        if line.startswith(EVENT_PREFIX):
-                            if ready:
-                                yield bytes(ready)
-                                ready.clear()
-                            yield event_decoder.decode(line)
-                        elif line:
-                            ready += line
-                            ready += b"\n"
-                    if ready:  # the lines that came together go out in one write
-                        yield bytes(ready)
+                watch = QuietWatch(self, response.content)
+                try:
+                    while True:
+                        chunk = await response.content.readany()
+                        if not chunk:
+                            break
+                        watch.heard = watch.loop.time()
+                        pending += chunk
+                        *lines, pending = pending.split(b"\n")
+                        ready = bytearray()  # finished client lines (`stream_as`)
+                        for line in lines:
+                            if line.startswith(EVENT_PREFIX):
+                                if ready:
+                                    yield bytes(ready)
+                                    ready.clear()
+                                event = event_decoder.decode(line)
+                                if isinstance(event, DoneEvent | ErrorEvent):
+                                    watch.close()  # the last event: its reader may stop here
+                                yield event
+                            elif line:
+                                ready += line
+                                ready += b"\n"
+                        if ready:  # the lines that came together go out in one write
+                            yield bytes(ready)
+                finally:
+                    watch.close()
         except aiohttp.ClientConnectorError as exc:
             await self._wait_exit(0.5)  # reaped: the scheduler sees it is gone
             log.warning("worker %s is gone (%s)", self.spec.name, exc)
@@ -331,24 +342,6 @@ class WorkerProcess:
             await self._wait_exit(0.5)
             log.warning("worker %s stream broke: %s", self.spec.name, exc)
             raise StatusError(RUNNER_STOPPED) from exc
-
-    async def _read_or_check(self, content: aiohttp.StreamReader) -> bytes:
-        """The next bytes of a stream; while none come, the worker must prove it lives."""
-        while True:
-            read = asyncio.ensure_future(content.readany())
-            try:
-                await asyncio.wait({read}, timeout=self.config.health_interval)
-            finally:
-                # Also when this stream is cancelled (its client left): the read must not
-                # outlive it, or it fails later with nobody to see it.
-                if not read.done():
-                    read.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                return await read  # bytes that came in time (or just before the cancel took)
-            problem = await self.health_problem(self.config.health_timeout)
-            if problem:
-                log.warning("worker %s stalled mid-stream: %s", self.spec.name, problem)
-                raise StatusError(f"{RUNNER_STOPPED} ({problem})")
 
     async def embed(self, request: EmbedRequest) -> EmbedResponse:
         """Vectors for `request.inputs`; a worker error keeps its status (400: too long)."""
@@ -489,6 +482,47 @@ class WorkerProcess:
         return f": {tail}" if tail else ""
 
 
+class QuietWatch:
+    """While a worker's stream is quiet (a long prefill, or a hung worker), asks the
+    worker every `health_interval` whether it still lives; a worker that does not answer,
+    or answers that its engine is gone, ends the stream's read with an error.
+
+    The reader only stamps `heard` per chunk: no task or timer per token, so the check
+    costs nothing while tokens flow.
+    """
+
+    def __init__(self, worker: WorkerProcess, content: aiohttp.StreamReader) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.heard = self.loop.time()
+        self._worker = worker
+        self._content = content
+        self._interval = worker.config.health_interval
+        self._check: asyncio.Task[None] | None = None
+        self._timer = self.loop.call_later(self._interval, self._tick)
+
+    def _tick(self) -> None:
+        quiet = self.loop.time() - self.heard
+        if quiet < self._interval:
+            self._timer = self.loop.call_later(self._interval - quiet, self._tick)
+        else:
+            self._check = asyncio.ensure_future(self._ask())
+
+    async def _ask(self) -> None:
+        worker = self._worker
+        problem = await worker.health_problem(worker.config.health_timeout)
+        if problem:
+            log.warning("worker %s stalled mid-stream: %s", worker.spec.name, problem)
+            self._content.set_exception(StatusError(f"{RUNNER_STOPPED} ({problem})"))
+        else:
+            self._timer = self.loop.call_later(self._interval, self._tick)
+
+    def close(self) -> None:
+        """The stream ended (or its client left): no more checks."""
+        self._timer.cancel()
+        if self._check is not None:
+            self._check.cancel()
+
+
 def find_openblas() -> str | None:
     """The system OpenBLAS to preload into workers, on Linux only (never macOS)."""
     if not sys.platform.startswith("linux"):
@@ -497,12 +531,19 @@ def find_openblas() -> str | None:
 
 
 def with_openblas(env: dict[str, str]) -> dict[str, str]:
-    """`env` with the system OpenBLAS first in LD_PRELOAD, when there is one."""
+    """`env` with the system OpenBLAS first in LD_PRELOAD, when there is one, and its
+    idle threads sleeping at once (unless the user chose `OPENBLAS_THREAD_TIMEOUT`)."""
     path = find_openblas()
-    preload = env.get("LD_PRELOAD", "")
-    if path is None or path in preload.split():
+    if path is None:
         return env
-    return {**env, "LD_PRELOAD": f"{path} {preload}".strip()}
+    preload = env.get("LD_PRELOAD", "")
+    if path not in preload.split():
+        env = {**env, "LD_PRELOAD": f"{path} {preload}".strip()}
+    # OpenBLAS's helper threads spin after each call (2^28 cycles, ~0.1 s) before they
+    # sleep: while a stream decodes, that is a core kept busy, measured at 1.8 ms of CPU
+    # a token on the 256x4 model, taken from the supervisor, the clients and other
+    # workers; 2^4 cycles costs prefill nothing (make bench, issue 16's note).
+    return {"OPENBLAS_THREAD_TIMEOUT": OPENBLAS_THREAD_TIMEOUT, **env}
 
 
 def _error_text(body: str) -> str:

@@ -4,10 +4,14 @@ pins of blobs about to be named, and the checks after a manifest is written)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 from pathlib import Path
 
+from ollmlx.acquire.create import Creator
+from ollmlx.acquire.create_plan import CreatePlan, CreateRequest, plan_create
+from ollmlx.store.catalog import Store
 from tests.conftest import Server, start_server
 
 ROUNDS = 5
@@ -78,3 +82,34 @@ def test_two_servers_on_one_store_lose_nothing(tmp_path: Path, tiny_model_dir: P
     finally:
         first.stop()
         second.stop()
+
+
+def test_a_folder_create_survives_a_delete_that_took_its_blobs_meanwhile(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    # The race the test above hit in CI, one step at a time: create A has put the
+    # folder's blobs in the store (pinned) and is about to write its manifest; create B
+    # of the same folder commits, and its unpin takes A's pins too (one pin file a
+    # digest); deleting B then removes the blobs no manifest names. A must still end
+    # with every blob it names, re-added from the folder, not "blob ... not found".
+    store = Store(tmp_path / "models")
+    creator = Creator(store, None, None)  # type: ignore[arg-type]  # no pull, no GGUF
+
+    def plan(name: str) -> CreatePlan:
+        return plan_create(store, CreateRequest(model=name, from_=str(tiny_model_dir)))
+
+    async def race() -> list[object]:
+        first = creator.run("a", plan("a"))
+        async for status in first:
+            if status == "writing manifest":
+                break
+        async for _ in creator.run("b", plan("b")):
+            pass
+        assert store.delete("b")
+        return [status async for status in first]
+
+    assert asyncio.run(race())[-1] == "success"
+    model = store.get("a")
+    assert model is not None
+    for layer in model.layers:
+        assert store.blobs.path(layer.digest).is_file()

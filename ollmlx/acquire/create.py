@@ -104,7 +104,10 @@ class Creator:
             layers = await asyncio.to_thread(self.store.add_dir, plan.source_dir, None, "", created)
             spec = ModelSpec(source=str(plan.source_dir), details=describe(plan.source_dir))
             spec.capabilities = capabilities(plan.source_dir)
-            draft = _Draft(layers, spec, weights_dir=plan.source_dir)
+            # The folder re-creates a blob that a concurrent delete took before the
+            # manifest names it (another create's commit may have released the pin).
+            sources = {layer.digest: plan.source_dir / layer.name for layer in layers}
+            draft = _Draft(layers, spec, sources=sources, weights_dir=plan.source_dir)
             for layer in layers:
                 yield _layer_status(layer, created)
         elif plan.files:

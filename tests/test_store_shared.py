@@ -113,3 +113,40 @@ def test_a_folder_create_survives_a_delete_that_took_its_blobs_meanwhile(
     assert model is not None
     for layer in model.layers:
         assert store.blobs.path(layer.digest).is_file()
+
+
+def test_an_uploaded_blob_stays_while_a_second_create_names_it(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    # The same race for blobs that exist only as uploads (`/api/blobs`, then a create with
+    # `files`): there is no folder to re-add them from, so the pin must hold. Create A
+    # names the uploads and is about to write its manifest; create B of the same uploads
+    # commits (releasing its own hold only); deleting B must not take A's blobs.
+    store = Store(tmp_path / "models")
+    creator = Creator(store, None, None)  # type: ignore[arg-type]  # no pull, no GGUF
+    files = {}
+    for path in sorted(tiny_model_dir.iterdir()):
+        digest, _ = store.blobs.put_bytes(path.read_bytes())
+        store.blobs.pin(digest)  # as POST /api/blobs does: kept for the client's create
+        files[path.name] = digest
+
+    def plan(name: str) -> CreatePlan:
+        return plan_create(store, CreateRequest(model=name, files=files))
+
+    async def race() -> list[object]:
+        first = creator.run("a", plan("a"))
+        async for status in first:
+            if status == "writing manifest":
+                break
+        async for _ in creator.run("b", plan("b")):
+            pass
+        assert store.delete("b")
+        return [status async for status in first]
+
+    assert asyncio.run(race())[-1] == "success"
+    model = store.get("a")
+    assert model is not None
+    for layer in model.layers:
+        assert store.blobs.path(layer.digest).is_file()
+    assert store.delete("a")  # and once nothing names them, they go
+    assert not any(store.blobs.path(d).exists() for d in files.values())

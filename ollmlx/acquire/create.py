@@ -18,6 +18,7 @@ from pathlib import Path
 from ..errors import StatusError
 from ..gguf_meta import GGUFHeader, read_header
 from ..store import layout
+from ..store.blobs import holding
 from ..store.catalog import Store, StoredModel, copy_spec, media_type_of
 from ..store.gguf import human_number
 from ..store.manifest import ADAPTER, FILE, JSON, MODEL, TENSOR, Config, Layer
@@ -72,7 +73,9 @@ class Creator:
         """The status lines of the create, ending in `success`."""
         created: set[str] = set()
         try:
-            with self.store.scratch() as scratch:
+            # Its pins are its own: released once the manifest names the blobs, or before
+            # the discard of a failed create (which then sees only other holders' pins).
+            with holding(), self.store.scratch() as scratch:
                 async for event in self._run(name, plan, created, scratch):
                     yield event
         except BaseException:
@@ -139,11 +142,15 @@ class Creator:
         spec = copy_spec(base.manifest)
         spec.source = base.name.display
         layers = [layer for layer in base.layers if layer.mediaType not in _SETTINGS]
+        for layer in layers:
+            self.store.blobs.pin(layer.digest)  # the base may be deleted meanwhile
         folder = base.model_dir if base.format == "safetensors" else None
         return _Draft(layers, spec, base.config, weights_dir=folder)
 
     def _from_files(self, files: dict[str, str], scratch: Path) -> _Draft:
         """Uploaded blobs as the layers they are (no copy), checked as a model folder."""
+        for digest in files.values():
+            self.store.blobs.pin(digest)  # its own hold: another create releases the upload's
         sizes = {rel: blob_path(self.store, d).stat().st_size for rel, d in files.items()}
         layers = [
             Layer(media_type_of(rel), digest, sizes[rel], name=rel)

@@ -14,12 +14,14 @@ new blobs the same hour, server/images.go layerPruneGracePeriod).
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import errno
 import hashlib
 import os
 import shutil
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,6 +31,29 @@ from .manifest import hex_of
 
 CHUNK = 1 << 20
 PIN_SECONDS = 3600.0
+# The pins of the create running in this context (`holding`): its own, so that another
+# create's commit, which releases the shared pin of each blob it names, leaves them.
+_HOLDS: contextvars.ContextVar[list[Path] | None] = contextvars.ContextVar(
+    "ollmlx_blob_holds", default=None
+)
+
+
+@contextlib.contextmanager
+def holding() -> Iterator[None]:
+    """Every pin taken inside (also on threads it starts) is this operation's own hold,
+    released when it ends: its manifest then names the blobs, or it failed."""
+    holds: list[Path] = []
+    token = _HOLDS.set(holds)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(ValueError):  # ended from another context (a closed stream)
+            _HOLDS.reset(token)
+        for path in holds:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
+
 STALE_TMP_SECONDS = 24 * 3600.0
 
 
@@ -178,18 +203,29 @@ class Blobs:
     # -- pins: uploaded blobs a create has not named yet -----------------------------------
 
     def pin(self, digest: str) -> None:
-        (self.pins / f"sha256-{hex_of(digest)}").touch()
+        """Keep `digest` until a manifest names it: inside `holding`, a hold of that
+        operation's own; else (an upload) the blob's shared pin, which the create that
+        names the blob releases (`unpin`), or an hour."""
+        holds = _HOLDS.get()
+        if holds is None:
+            (self.pins / f"sha256-{hex_of(digest)}").touch()
+            return
+        path = self.pins / f"sha256-{hex_of(digest)}.{uuid.uuid4().hex}"
+        path.touch()
+        holds.append(path)
 
     def unpin(self, digest: str) -> None:
+        """The shared pin goes; holds stay with their operations."""
         with contextlib.suppress(FileNotFoundError):
             (self.pins / f"sha256-{hex_of(digest)}").unlink()
 
     def pinned(self, digest: str) -> bool:
-        try:
-            age = time.time() - (self.pins / f"sha256-{hex_of(digest)}").stat().st_mtime
-        except FileNotFoundError:
-            return False
-        return age < PIN_SECONDS
+        now = time.time()
+        for path in self.pins.glob(f"sha256-{hex_of(digest)}*"):
+            with contextlib.suppress(FileNotFoundError):
+                if now - path.stat().st_mtime < PIN_SECONDS:
+                    return True
+        return False
 
     def clean(self) -> None:
         """Temporary files of writes that never finished (a crash), and expired pins."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from ollmlx.acquire.create import Creator
@@ -93,26 +94,11 @@ def test_a_folder_create_survives_a_delete_that_took_its_blobs_meanwhile(
     # digest); deleting B then removes the blobs no manifest names. A must still end
     # with every blob it names, re-added from the folder, not "blob ... not found".
     store = Store(tmp_path / "models")
-    creator = Creator(store, None, None)  # type: ignore[arg-type]  # no pull, no GGUF
 
     def plan(name: str) -> CreatePlan:
         return plan_create(store, CreateRequest(model=name, from_=str(tiny_model_dir)))
 
-    async def race() -> list[object]:
-        first = creator.run("a", plan("a"))
-        async for status in first:
-            if status == "writing manifest":
-                break
-        async for _ in creator.run("b", plan("b")):
-            pass
-        assert store.delete("b")
-        return [status async for status in first]
-
-    assert asyncio.run(race())[-1] == "success"
-    model = store.get("a")
-    assert model is not None
-    for layer in model.layers:
-        assert store.blobs.path(layer.digest).is_file()
+    _create_while_another_commits_and_goes(store, plan)
 
 
 def test_an_uploaded_blob_stays_while_a_second_create_names_it(
@@ -123,7 +109,6 @@ def test_an_uploaded_blob_stays_while_a_second_create_names_it(
     # names the uploads and is about to write its manifest; create B of the same uploads
     # commits (releasing its own hold only); deleting B must not take A's blobs.
     store = Store(tmp_path / "models")
-    creator = Creator(store, None, None)  # type: ignore[arg-type]  # no pull, no GGUF
     files = {}
     for path in sorted(tiny_model_dir.iterdir()):
         digest, _ = store.blobs.put_bytes(path.read_bytes())
@@ -132,6 +117,16 @@ def test_an_uploaded_blob_stays_while_a_second_create_names_it(
 
     def plan(name: str) -> CreatePlan:
         return plan_create(store, CreateRequest(model=name, files=files))
+
+    _create_while_another_commits_and_goes(store, plan)
+    assert store.delete("a")  # and once nothing names them, they go
+    assert not any(store.blobs.path(d).exists() for d in files.values())
+
+
+def _create_while_another_commits_and_goes(store: Store, plan: Callable[[str], CreatePlan]) -> None:
+    """Create "a" up to its manifest; meanwhile create "b" of the same blobs whole and
+    delete it; then "a" must end, with every blob it names in the store."""
+    creator = Creator(store, None, None)  # type: ignore[arg-type]  # no pull, no GGUF
 
     async def race() -> list[object]:
         first = creator.run("a", plan("a"))
@@ -148,5 +143,3 @@ def test_an_uploaded_blob_stays_while_a_second_create_names_it(
     assert model is not None
     for layer in model.layers:
         assert store.blobs.path(layer.digest).is_file()
-    assert store.delete("a")  # and once nothing names them, they go
-    assert not any(store.blobs.path(d).exists() for d in files.values())

@@ -10,6 +10,7 @@ the in-process figures. Whatever this loses against in-process, every server los
 from __future__ import annotations
 
 import json
+import select
 import socket
 import subprocess
 import sys
@@ -208,6 +209,4 @@ class ThinServer(InProcess):
 
 
 def _readable(sock: socket.socket) -> bool:
-    import select
-
     return bool(select.select([sock], [], [], 0)[0])

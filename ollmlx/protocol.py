@@ -122,6 +122,15 @@ WorkerEvent = TokenEvent | DoneEvent | ErrorEvent
 # Every event line starts with its tag; any other line is a finished client line.
 EVENT_PREFIX = b'{"type":'
 
+# The completion link: one connection from the supervisor to a worker (a Unix socket where
+# the platform has one) carries every completion stream. Frames, supervisor to worker:
+#   b"A <secret>\n" once, first; b"R <id> <length>\n" and that many bytes of a
+#   CompletionRequest's JSON; b"C <id>\n" when its client left.
+# Worker to supervisor, one line per line of a stream, every stream's lines of one decode
+# step in one write: b"<id> <event or client line>\n", or b"<id> !<status> <JSON string>\n"
+# when a request is refused before it starts (503: this worker takes no more work).
+REFUSED_PREFIX = b"!"
+
 
 class Health(msgspec.Struct):
     status: str  # "loading" | "ok" | "error"

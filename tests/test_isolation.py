@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -240,15 +241,60 @@ def test_a_stream_on_a_stopped_worker_ends_with_an_error_line(
             client.create(model="tiny", from_=str(tiny_model_dir))
             client.generate(model="tiny", prompt="")
         (worker,) = server.workers()
-        lines = stream_lines(server, {"model": "tiny", "prompt": "go", "options": LONG})
-        next(lines)
+        # Two streams on the one link of the worker: each ends with its error line.
+        streams = [
+            stream_lines(server, {"model": "tiny", "prompt": p, "options": LONG})
+            for p in ("go", "run")
+        ]
+        for lines in streams:
+            next(lines)
         worker.suspend()
-        rest = list(lines)  # never hangs: the read timeout asks the worker, which is silent
-        assert "error" in rest[-1]
-        assert rest[-1]["error"].startswith("model runner has unexpectedly stopped")
+        for lines in streams:
+            rest = list(lines)  # never hangs: the worker is asked, and it is silent
+            assert "error" in rest[-1]
+            assert rest[-1]["error"].startswith("model runner has unexpectedly stopped")
         assert generate(server).status_code == 200  # a replacement serves the next one
     finally:
         server.stop()
+
+
+def test_a_client_that_stops_reading_never_stalls_another_stream(shared: Server) -> None:
+    # Every stream of a worker shares one link: the stream of a client that reads nothing
+    # is held for it in the supervisor, and the other streams flow on; once it reads, it
+    # gets every token.
+    options = {"num_predict": 3000, "temperature": 0, "num_ctx": 4096}
+    body = json.dumps({"model": "tiny", "prompt": "go", "options": options}).encode()
+    stalled = socket.create_connection(("127.0.0.1", shared.port))
+    stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stalled.sendall(
+        b"POST /api/generate HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n"
+        b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+    )
+    try:
+        time.sleep(1.0)  # its stream runs, and its socket fills
+        other = generate(shared, options={"num_predict": 50, "temperature": 0})
+        assert other.status_code == 200 and other.json()["eval_count"] == 50
+        stalled.settimeout(60)
+        received = bytearray()
+        while chunk := stalled.recv(1 << 16):
+            received += chunk
+    finally:
+        stalled.close()
+    head, _, chunked = bytes(received).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200")
+    lines = [json.loads(line) for line in _unchunk(chunked).splitlines() if line]
+    assert lines[-1]["done"] and lines[-1]["eval_count"] == 3000
+    assert len(lines) == 3001
+
+
+def _unchunk(data: bytes) -> bytes:
+    body = bytearray()
+    while True:
+        size, _, data = data.partition(b"\r\n")
+        if int(size, 16) == 0:
+            return bytes(body)
+        body += data[: int(size, 16)]
+        data = data[int(size, 16) + 2 :]
 
 
 def test_a_quiet_but_healthy_stream_is_checked_and_goes_on(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -9,6 +10,7 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -25,63 +27,117 @@ from ollmlx.protocol import (
     StreamAs,
     encoder,
 )
+from ollmlx.serving.link import LinkBroken, WorkerLink
 from tests.conftest import Server, start_server, wait_for
 
 
+class Worker:
+    """A worker started by hand, the way the supervisor starts one (without a socket
+    path: its completion link is a loopback port, the fallback where there are no Unix
+    sockets)."""
+
+    def __init__(self, model_dir: Path) -> None:
+        self.secret = "test-secret"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "ollmlx_worker", "--model-dir", str(model_dir)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            env={**os.environ, SECRET_ENV: self.secret},
+        )
+        assert self.proc.stdout is not None
+        hello = json.loads(self.proc.stdout.readline())
+        self.port: int = hello["port"]
+        self.link: int = hello["link"]
+
+    def health(self) -> dict:
+        url = f"http://127.0.0.1:{self.port}/health"
+        return httpx.get(url, headers={SECRET_HEADER: self.secret}).json()
+
+    def complete(self, request: CompletionRequest, secret: str | None = None) -> list[dict]:
+        """Every line of one request's stream, through the supervisor's link."""
+
+        async def run() -> list[bytes]:
+            link = await WorkerLink.open(self.link, secret or self.secret, 10)
+            stream = link.send(encoder.encode(request))
+            lines: list[bytes] = []
+            try:
+                ends = (b'{"type":"done"', b'{"type":"error"', b"!")
+                while not lines or not lines[-1].startswith(ends):
+                    lines += await asyncio.wait_for(stream.take(), 60)
+            finally:
+                link.close()
+            return lines
+
+        return [json.loads(line) for line in asyncio.run(run())]
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+        for pipe in (self.proc.stdin, self.proc.stdout):
+            if pipe:
+                pipe.close()
+
+
 @pytest.fixture
-def worker(tiny_model_dir: Path) -> tuple[subprocess.Popen[bytes], int, str]:
-    """A worker started by hand, the way the supervisor starts one."""
-    secret = "test-secret"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "ollmlx_worker", "--model-dir", str(tiny_model_dir)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        env={**os.environ, SECRET_ENV: secret},
-    )
-    assert proc.stdout is not None
-    port = json.loads(proc.stdout.readline())["port"]
-    yield proc, port, secret
-    proc.terminate()
-    proc.wait(10)
-    for pipe in (proc.stdin, proc.stdout):
-        if pipe:
-            pipe.close()
+def worker(tiny_model_dir: Path) -> Iterator[Worker]:
+    """A worker started by hand, still loading."""
+    worker = Worker(tiny_model_dir)
+    yield worker
+    worker.stop()
 
 
-def test_worker_health_goes_from_loading_to_ok(worker: tuple) -> None:
-    _proc, port, secret = worker
-    url = f"http://127.0.0.1:{port}/health"
+@pytest.fixture
+def by_hand(worker: Worker) -> Worker:
+    """A worker started by hand, loaded."""
+    assert wait_for(lambda: worker.health()["status"] == "ok", timeout=60)
+    return worker
+
+
+def test_worker_health_goes_from_loading_to_ok(worker: Worker) -> None:
     statuses: list[str] = []
 
     def status() -> str:
-        body = httpx.get(url, headers={SECRET_HEADER: secret}).json()
-        statuses.append(body["status"])
-        return body["status"]
+        statuses.append(worker.health()["status"])
+        return statuses[-1]
 
     assert wait_for(lambda: status() == "ok", timeout=60)
     assert set(statuses) <= {"loading", "ok"}
-    body = httpx.get(url, headers={SECRET_HEADER: secret}).json()
+    body = worker.health()
     assert body["memory_bytes"] > 0
     assert body["context_length"] == 2048
 
 
-def test_worker_refuses_requests_without_the_secret(worker: tuple) -> None:
-    _, port, _ = worker
-    response = httpx.get(f"http://127.0.0.1:{port}/health")
+def test_worker_refuses_requests_without_the_secret(worker: Worker) -> None:
+    response = httpx.get(f"http://127.0.0.1:{worker.port}/health")
     assert response.status_code == 401
-    response = httpx.get(f"http://127.0.0.1:{port}/health", headers={SECRET_HEADER: "guess"})
+    headers = {SECRET_HEADER: "guess"}
+    response = httpx.get(f"http://127.0.0.1:{worker.port}/health", headers=headers)
     assert response.status_code == 401
 
 
-def test_worker_binds_loopback_only(worker: tuple) -> None:
-    proc, _port, _ = worker
+def test_the_link_refuses_a_connection_without_the_secret(by_hand: Worker) -> None:
+    request = CompletionRequest(prompt="hi", sampling=Sampling(temperature=0, num_predict=2))
+    with pytest.raises(LinkBroken):
+        by_hand.complete(request, secret="guess")
+    assert by_hand.complete(request)[-1]["eval_count"] == 2  # with it: answered
+
+
+def test_worker_binds_loopback_only(worker: Worker) -> None:
     listening = [
         c.laddr
-        for c in psutil.Process(proc.pid).net_connections(kind="tcp")
+        for c in psutil.Process(worker.proc.pid).net_connections(kind="tcp")
         if c.status == psutil.CONN_LISTEN
     ]
-    assert listening and all(addr.ip == "127.0.0.1" for addr in listening)
+    # Its HTTP port and its link's port (no socket path given), both on loopback.
+    assert {addr.port for addr in listening} == {worker.port, worker.link}
+    assert all(addr.ip == "127.0.0.1" for addr in listening)
+
+
+def link_socket(worker: psutil.Process) -> Path:
+    """Where the supervisor told a worker to put its completion link."""
+    args = worker.cmdline()
+    return Path(args[args.index("--link-socket") + 1])
 
 
 def test_worker_exits_when_the_supervisor_is_killed(fresh_server: Server) -> None:
@@ -89,10 +145,29 @@ def test_worker_exits_when_the_supervisor_is_killed(fresh_server: Server) -> Non
         client.generate(model="tiny", prompt="")
     workers = fresh_server.workers()
     assert len(workers) == 1
+    path = link_socket(workers[0])
+    assert path.is_socket() and path.parent.stat().st_mode & 0o777 == 0o700
     fresh_server.process.send_signal(signal.SIGKILL)
     fresh_server.process.wait()
     _gone, alive = psutil.wait_procs(workers, timeout=5)
     assert not alive, "a worker outlived its supervisor"
+    assert not path.parent.exists()  # the orphan took its socket with it
+
+
+def test_the_link_socket_goes_with_its_worker(fresh_server: Server) -> None:
+    with fresh_server.client() as client:
+        client.generate(model="tiny", prompt="", options={"num_predict": 1})
+        (worker,) = fresh_server.workers()
+        path = link_socket(worker)
+        assert path.is_socket()
+        worker.kill()  # it cannot clean up: the supervisor does, when it reaps it
+        assert wait_for(lambda: not fresh_server.workers() and not path.parent.exists())
+        assert client.generate(model="tiny", prompt="", options={"num_predict": 1}).done
+        (again,) = fresh_server.workers()
+        second = link_socket(again)
+        assert second != path and second.is_socket()
+        client.generate(model="tiny", prompt="", keep_alive=0)  # unloaded: SIGTERM
+        assert wait_for(lambda: not fresh_server.workers() and not second.parent.exists())
 
 
 def test_concurrent_first_requests_start_one_worker(fresh_server: Server) -> None:
@@ -168,17 +243,9 @@ def test_a_model_that_fails_to_load_reports_the_worker_error(fresh_server: Serve
         assert client.list().models
 
 
-def test_worker_writes_finished_client_lines_when_asked(worker: tuple) -> None:
+def test_worker_writes_finished_client_lines_when_asked(by_hand: Worker) -> None:
     """With `stream_as`, token lines are the client's own (the supervisor passes them on
     untouched); the final event stays internal. The text is the same either way."""
-    _proc, port, secret = worker
-    headers = {SECRET_HEADER: secret}
-    assert wait_for(
-        lambda: (
-            httpx.get(f"http://127.0.0.1:{port}/health", headers=headers).json()["status"] == "ok"
-        ),
-        timeout=60,
-    )
 
     def lines(stream_as: StreamAs | None) -> list[dict]:
         request = CompletionRequest(
@@ -186,13 +253,7 @@ def test_worker_writes_finished_client_lines_when_asked(worker: tuple) -> None:
             messages=[Message(role="user", content="hello")],
             stream_as=stream_as,
         )
-        response = httpx.post(
-            f"http://127.0.0.1:{port}/completion",
-            content=encoder.encode(request),
-            headers=headers,
-            timeout=60,
-        )
-        return [json.loads(line) for line in response.text.splitlines()]
+        return by_hand.complete(request)
 
     ready = lines(StreamAs(model="tiny:latest", chat=True))
     events = lines(None)
@@ -206,25 +267,18 @@ def test_worker_writes_finished_client_lines_when_asked(worker: tuple) -> None:
     )
 
 
-def test_an_idle_worker_gives_mlxs_freed_buffers_back(worker: tuple) -> None:
+def test_an_idle_worker_gives_mlxs_freed_buffers_back(by_hand: Worker) -> None:
     """After a long request, MLX's buffer cache is emptied once the worker idles: an idle
     model holds its weights and its prompt cache, not the buffers of its last prefill."""
-    _proc, port, secret = worker
-    url = f"http://127.0.0.1:{port}"
-    headers = {SECRET_HEADER: secret}
-    assert wait_for(lambda: httpx.get(url + "/health", headers=headers).json()["status"] == "ok")
-    loaded = httpx.get(url + "/health", headers=headers).json()
+    loaded = by_hand.health()
     request = CompletionRequest(
         prompt="a long prompt " * 500, sampling=Sampling(temperature=0, num_predict=8)
     )
-    with httpx.stream(
-        "POST", url + "/completion", content=encoder.encode(request), headers=headers
-    ) as response:
-        lines = [json.loads(line) for line in response.iter_lines() if line]
+    lines = by_hand.complete(request)
     assert lines[-1]["type"] == "done"
 
     def idle() -> dict:
-        return httpx.get(url + "/health", headers=headers).json()
+        return by_hand.health()
 
     assert wait_for(lambda: idle()["cache_bytes"] == 0)
     held = idle()

@@ -1,7 +1,8 @@
 """`python -m ollmlx_worker --model-dir DIR`: serve one model on 127.0.0.1.
 
-The worker binds its port before importing MLX, prints `{"port": N}` on stdout so the
-supervisor knows where to poll, and loads the model while /health says "loading".
+The worker binds its port before importing MLX, prints `{"port": N, "link": ...}` on
+stdout so the supervisor knows where to poll and where to send completions, and loads the
+model while /health says "loading".
 """
 
 from __future__ import annotations
@@ -20,23 +21,29 @@ from aiohttp import web
 from ollmlx.protocol import SECRET_ENV
 
 from .engine import Engine
-from .orphan import exit_when_gone, exit_when_orphaned
-from .server import create_app
+from .link import LinkServer, remove_socket
+from .orphan import before_exit, exit_now, exit_when_gone, exit_when_orphaned
+from .server import PROMPTS, create_app
 
 log = logging.getLogger("ollmlx.worker")
 
 STOP_GRACE = 5.0  # seconds the engine thread gets to end its requests after SIGTERM
 
 
-async def _serve(app: web.Application, engine: Engine, port: int) -> bool:
+async def _serve(engine: Engine, secret: str, max_body: int, port: int, link_socket: str) -> bool:
     """Serve until SIGTERM; whether the engine thread then ended in time."""
+    app = create_app(engine, secret, max_body)
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", port)
     await site.start()
     bound = runner.addresses[0][1]
+    link = LinkServer(engine, secret, app[PROMPTS])
+    address = await link.start(link_socket)
+    if link_socket:
+        before_exit(lambda: remove_socket(link_socket))
     # The pid too: under mlx.launch the supervisor's child is the launcher, not us.
-    print(json.dumps({"port": bound, "pid": os.getpid()}), flush=True)
+    print(json.dumps({"port": bound, "pid": os.getpid(), "link": address}), flush=True)
     engine.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -45,9 +52,10 @@ async def _serve(app: web.Application, engine: Engine, port: int) -> bool:
     await stop.wait()
     log.info("stopping")
     # Requests still running get an error line from the engine, which then returns;
-    # the handlers write those lines before the server closes their connections.
+    # the link writes those lines before it closes.
     engine.close()
     ended = await asyncio.to_thread(engine.join, STOP_GRACE)
+    await link.close()
     await runner.shutdown()
     await runner.cleanup()
     return ended
@@ -58,6 +66,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model-dir", type=Path, required=True)
     parser.add_argument("--adapter-dir", type=Path, default=None)
     parser.add_argument("--port", type=int, default=0, help="0: pick a free port and report it")
+    parser.add_argument(
+        "--link-socket", default="", help="the completion link's Unix socket; none: a TCP port"
+    )
     parser.add_argument("--log-level", default="INFO")
     parser.add_argument("--memory-limit", type=int, default=0, help="bytes; 0: no limit")
     parser.add_argument("--prompt-cache-bytes", type=int, default=0, help="0: no prompt cache")
@@ -118,7 +129,7 @@ def main(argv: list[str] | None = None) -> None:
         draft_num_predict=args.draft_num_predict,
         kv_cache_type=args.kv_cache_type,
     )
-    ended = asyncio.run(_serve(create_app(engine, secret, args.max_body), engine, args.port))
+    ended = asyncio.run(_serve(engine, secret, args.max_body, args.port, args.link_socket))
     log.info("stopped")
     logging.shutdown()
     sys.stdout.flush()
@@ -128,7 +139,7 @@ def main(argv: list[str] | None = None) -> None:
     # unload on macOS. Everything worth keeping is flushed; the OS frees the rest.
     # A group's rank 0 whose engine is stuck (in a collective with a hung rank) says so
     # with its code: mlx.launch then stops every other rank.
-    os._exit(0 if ended or not spec else 1)
+    exit_now(0 if ended or not spec else 1)
 
 
 if __name__ == "__main__":

@@ -7,8 +7,24 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Callable
 
 log = logging.getLogger("ollmlx.worker")
+_before_exit: list[Callable[[], None]] = []
+
+
+def before_exit(cleanup: Callable[[], None]) -> None:
+    """Run `cleanup` when the worker exits (it skips the interpreter's own teardown)."""
+    _before_exit.append(cleanup)
+
+
+def exit_now(code: int) -> None:
+    for cleanup in _before_exit:
+        try:
+            cleanup()
+        except Exception:  # an exit must not fail: the rest still run
+            log.exception("cleaning up before the exit failed")
+    os._exit(code)
 
 
 def exit_when_orphaned(parent_pid: int, code: int = 0) -> None:
@@ -25,13 +41,13 @@ def exit_when_orphaned(parent_pid: int, code: int = 0) -> None:
         except (OSError, ValueError):
             return
         log.info("the parent closed the pipe; exiting")
-        os._exit(code)
+        exit_now(code)
 
     def poll_parent() -> None:
         while os.getppid() == parent_pid:
             time.sleep(0.25)
         log.info("parent %d is gone; exiting", parent_pid)
-        os._exit(code)
+        exit_now(code)
 
     if not sys.stdin.isatty():
         threading.Thread(target=read_stdin, name="stdin-watch", daemon=True).start()
@@ -47,7 +63,7 @@ def exit_when_gone(pid: int, code: int) -> None:
         started = psutil.Process(pid).create_time()
     except psutil.Error:
         log.info("process %d is already gone; exiting", pid)
-        os._exit(code)
+        exit_now(code)
 
     def poll() -> None:
         while True:
@@ -59,6 +75,6 @@ def exit_when_gone(pid: int, code: int) -> None:
             except psutil.Error:
                 pass
             log.info("the supervisor (pid %d) is gone; exiting", pid)
-            os._exit(code)
+            exit_now(code)
 
     threading.Thread(target=poll, name="supervisor-watch", daemon=True).start()

@@ -215,6 +215,7 @@ class GroupProcess(WorkerProcess):
             await remote
         await proc.wait()
         log.info("stopped the group of %s (launcher exit code %s)", self.spec.name, proc.returncode)
+        self.close_link()
         for task in self._readers:
             task.cancel()
         if proc.stdin:

@@ -11,8 +11,11 @@ import json
 import logging
 import os
 import secrets
+import shutil
 import signal
+import socket
 import sys
+import tempfile
 import time
 from collections import deque
 from collections.abc import AsyncIterator
@@ -26,6 +29,7 @@ import msgspec
 from ..errors import StatusError
 from ..protocol import (
     EVENT_PREFIX,
+    REFUSED_PREFIX,
     SECRET_ENV,
     SECRET_HEADER,
     CompletionRequest,
@@ -40,6 +44,7 @@ from ..protocol import (
     event_decoder,
     health_decoder,
 )
+from .link import LinkBroken, WorkerLink
 
 if TYPE_CHECKING:
     from .group import GroupPlan
@@ -47,6 +52,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("ollmlx.runner")
 
 STOP_TIMEOUT = 5.0
+CONNECT_TIMEOUT = 5.0
+# The longest Unix socket path every platform takes (sun_path: 104 bytes on macOS).
+SOCKET_PATH_MAX = 100
 # Debian/Ubuntu's OpenBLAS (libopenblas0-pthread). MLX's Linux CPU wheel bundles the
 # reference BLAS; preloading OpenBLAS makes float32 matmuls ~25x faster (mlx-notes).
 OPENBLAS_PATHS = tuple(
@@ -127,6 +135,11 @@ class WorkerProcess:
         self.rank_memory: list[int] = []  # a group: bytes of weights of each rank
         self.context_length = 0
         self.stopping = False  # stop() was called: an exit from now on is expected
+        self._link_dir: str | None = None  # holds the link's Unix socket, if it has one
+        self._link_address: str | int = ""  # the link's socket path, or its port
+        self._link: WorkerLink | None = None
+        self._link_lock = asyncio.Lock()
+        self._watch: QuietWatch | None = None
 
     @property
     def pid(self) -> int | None:
@@ -148,6 +161,7 @@ class WorkerProcess:
         """Until the process exits (reaped), for whatever reason; its exit code."""
         assert self._proc is not None
         code = await self._proc.wait()
+        self.close_link()  # a worker killed by the OS could not remove its socket
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(asyncio.shield(self._readers[0]), 1.0)
         return code
@@ -172,12 +186,25 @@ class WorkerProcess:
         args += ["--log-level", "DEBUG" if config.debug else "INFO"]
         if config.memory_limit:
             args += ["--memory-limit", str(config.memory_limit)]
+        link_socket = self._link_socket()
+        if link_socket:
+            args += ["--link-socket", link_socket]
         args += ["--prompt-cache-bytes", str(config.prompt_cache_bytes)]
         args += ["--max-body", str(config.max_body)]
         if config.prompt_cache_disk and self.spec.prompt_cache_dir is not None:
             args += ["--prompt-cache-dir", str(self.spec.prompt_cache_dir)]
             args += ["--prompt-cache-disk", str(config.prompt_cache_disk)]
         return args
+
+    def _link_socket(self) -> str:
+        """Where the worker's completion link listens: a Unix socket in a folder only we
+        can enter; "" (a loopback port) where the platform has none or the path is too long."""
+        if not hasattr(socket, "AF_UNIX"):
+            return ""
+        if self._link_dir is None:
+            self._link_dir = tempfile.mkdtemp(prefix="ollmlx-")
+        path = os.path.join(self._link_dir, "link.sock")
+        return path if len(path.encode()) <= SOCKET_PATH_MAX else ""
 
     def command(self) -> list[str]:
         """What is spawned: the worker itself."""
@@ -284,64 +311,80 @@ class WorkerProcess:
         """The worker's events for one request, as they are decoded; with `stream_as`, its
         token lines come as bytes, ready for the client.
 
-        A stream that goes quiet (a long prefill, or a hung worker) asks the worker whether
-        it still lives every `health_interval`; a worker that does not answer, or answers
-        that its engine is gone, ends the stream with an error instead of a wait forever.
+        While streams are open and the worker is quiet (a long prefill, or a hung worker),
+        it is asked every `health_interval` whether it still lives; a worker that does not
+        answer, or answers that its engine is gone, ends its streams with an error instead
+        of a wait forever (`QuietWatch`).
         """
+        link = await self._open_link()
         try:
-            async with self._session.post(
-                self._url("/completion"),
-                data=encoder.encode(request),
-                headers={SECRET_HEADER: self._secret, "Content-Type": "application/json"},
-                timeout=aiohttp.ClientTimeout(total=None, sock_connect=5),
-            ) as response:
-                if response.status == 503:
-                    # It takes no work: its engine died, or it is stopping. A broken one
-                    # is killed here so that a replacement serves this request.
-                    body = await response.text()
-                    if not self.stopping:
-                        log.warning("worker %s refused work: %s", self.spec.name, body[:200])
-                        self.kill()
-                    await self._wait_exit(2.0)
-                    raise WorkerGone()
-                if response.status != 200:
-                    body = await response.text()
-                    raise StatusError(_error_text(body), response.status)
-                pending = b""
-                watch = QuietWatch(self, response.content)
-                try:
-                    while True:
-                        chunk = await response.content.readany()
-                        if not chunk:
-                            break
-                        watch.heard = watch.loop.time()
-                        pending += chunk
-                        *lines, pending = pending.split(b"\n")
-                        ready = bytearray()  # finished client lines (`stream_as`)
-                        for line in lines:
-                            if line.startswith(EVENT_PREFIX):
-                                if ready:
-                                    yield bytes(ready)
-                                    ready.clear()
-                                event = event_decoder.decode(line)
-                                if isinstance(event, DoneEvent | ErrorEvent):
-                                    watch.close()  # the last event: its reader may stop here
-                                yield event
-                            elif line:
-                                ready += line
-                                ready += b"\n"
-                        if ready:  # the lines that came together go out in one write
-                            yield bytes(ready)
-                finally:
-                    watch.close()
-        except aiohttp.ClientConnectorError as exc:
-            await self._wait_exit(0.5)  # reaped: the scheduler sees it is gone
-            log.warning("worker %s is gone (%s)", self.spec.name, exc)
+            stream = link.send(encoder.encode(request))
+        except LinkBroken as exc:  # it closed before it could see the request
+            await self._wait_exit(0.5)
             raise WorkerGone() from exc
-        except aiohttp.ClientError as exc:
+        assert self._watch is not None
+        self._watch.arm()
+        ended = False
+        try:
+            while True:
+                ready = bytearray()  # finished client lines (`stream_as`)
+                for line in await stream.take():
+                    if line.startswith(EVENT_PREFIX):
+                        if ready:
+                            yield bytes(ready)
+                            ready.clear()
+                        event = event_decoder.decode(line)
+                        ended = isinstance(event, DoneEvent | ErrorEvent)
+                        yield event
+                    elif line.startswith(REFUSED_PREFIX):
+                        ended = True
+                        await self._refused(line)
+                    else:
+                        ready += line
+                        ready += b"\n"
+                if ready:  # the lines that came together go out in one write
+                    yield bytes(ready)
+        except LinkBroken as exc:
             await self._wait_exit(0.5)
             log.warning("worker %s stream broke: %s", self.spec.name, exc)
             raise StatusError(RUNNER_STOPPED) from exc
+        finally:
+            link.forget(stream, cancel=not ended)
+
+    async def _open_link(self) -> WorkerLink:
+        """The completion link, connected at the first request (and again if it broke);
+        WorkerGone if the worker cannot be reached: nothing was sent, so it is safe to
+        send the request to a replacement."""
+        async with self._link_lock:
+            if self._link is None or self._link.closed:
+                try:
+                    if self.has_exited:
+                        raise ConnectionRefusedError("the worker has exited")
+                    self._link = await WorkerLink.open(
+                        self._link_address, self._secret, CONNECT_TIMEOUT
+                    )
+                except (OSError, asyncio.TimeoutError) as exc:
+                    await self._wait_exit(0.5)  # reaped: the scheduler sees it is gone
+                    log.warning("worker %s is gone (%s)", self.spec.name, exc)
+                    raise WorkerGone() from exc
+                if self._watch is not None:
+                    self._watch.close()
+                self._watch = QuietWatch(self, self._link)
+            return self._link
+
+    async def _refused(self, line: bytes) -> None:
+        """The worker refused a request before it started; 503: it takes no more work
+        (its engine died, or it is stopping). A broken one is killed here so that a
+        replacement serves this request."""
+        status, _, message = line[len(REFUSED_PREFIX) :].partition(b" ")
+        text = str(json.loads(message))
+        if int(status) != 503:
+            raise StatusError(text, int(status))
+        if not self.stopping:
+            log.warning("worker %s refused work: %s", self.spec.name, text[:200])
+            self.kill()
+        await self._wait_exit(2.0)
+        raise WorkerGone()
 
     async def embed(self, request: EmbedRequest) -> EmbedResponse:
         """Vectors for `request.inputs`; a worker error keeps its status (400: too long)."""
@@ -360,6 +403,16 @@ class WorkerProcess:
             await self._wait_exit(0.5)
             log.warning("worker %s embed request broke: %s", self.spec.name, exc)
             raise StatusError(RUNNER_STOPPED) from exc
+
+    def close_link(self) -> None:
+        """The link and its socket go with the process."""
+        if self._watch is not None:
+            self._watch.close()
+        if self._link is not None:
+            self._link.close()
+        if self._link_dir is not None:
+            shutil.rmtree(self._link_dir, ignore_errors=True)
+            self._link_dir = None
 
     async def stop(self) -> None:
         """SIGTERM, wait, SIGKILL, and always reap so no zombie is left."""
@@ -385,6 +438,7 @@ class WorkerProcess:
             )
         else:
             await proc.wait()
+        self.close_link()
         for task in self._readers:
             task.cancel()
         if proc.stdin:
@@ -407,6 +461,7 @@ class WorkerProcess:
             raise StatusError(self._exit_message())
         self._readers.append(asyncio.create_task(self._drain_stdout()))
         self.worker_pid = int(hello.get("pid") or self._proc.pid)
+        self._link_address = hello["link"]
         return int(hello["port"])
 
     async def _hello(self) -> dict[str, Any] | None:
@@ -483,25 +538,34 @@ class WorkerProcess:
 
 
 class QuietWatch:
-    """While a worker's stream is quiet (a long prefill, or a hung worker), asks the
-    worker every `health_interval` whether it still lives; a worker that does not answer,
-    or answers that its engine is gone, ends the stream's read with an error.
+    """While a worker's link carries streams but is quiet (a long prefill, or a hung
+    worker), asks the worker every `health_interval` whether it still lives; a worker that
+    does not answer, or answers that its engine is gone, ends every stream of the link
+    with an error.
 
-    The reader only stamps `heard` per chunk: no task or timer per token, so the check
-    costs nothing while tokens flow.
+    The link only stamps `heard` per read: no task or timer per token, so the check costs
+    nothing while tokens flow, and one check serves all the worker's streams.
     """
 
-    def __init__(self, worker: WorkerProcess, content: aiohttp.StreamReader) -> None:
+    def __init__(self, worker: WorkerProcess, link: WorkerLink) -> None:
         self.loop = asyncio.get_running_loop()
-        self.heard = self.loop.time()
         self._worker = worker
-        self._content = content
+        self._link = link
         self._interval = worker.config.health_interval
+        self._timer: asyncio.TimerHandle | None = None
         self._check: asyncio.Task[None] | None = None
-        self._timer = self.loop.call_later(self._interval, self._tick)
+
+    def arm(self) -> None:
+        """A stream started: watch until the link carries none."""
+        if self._timer is None and self._check is None:
+            self._link.heard = self.loop.time()
+            self._timer = self.loop.call_later(self._interval, self._tick)
 
     def _tick(self) -> None:
-        quiet = self.loop.time() - self.heard
+        self._timer = None
+        if not self._link.streams or self._link.closed:
+            return  # nothing to watch: the next stream arms it again
+        quiet = self.loop.time() - self._link.heard
         if quiet < self._interval:
             self._timer = self.loop.call_later(self._interval - quiet, self._tick)
         else:
@@ -510,15 +574,16 @@ class QuietWatch:
     async def _ask(self) -> None:
         worker = self._worker
         problem = await worker.health_problem(worker.config.health_timeout)
+        self._check = None
         if problem:
             log.warning("worker %s stalled mid-stream: %s", worker.spec.name, problem)
-            self._content.set_exception(StatusError(f"{RUNNER_STOPPED} ({problem})"))
-        else:
-            self._timer = self.loop.call_later(self._interval, self._tick)
+            self._link.fail_streams(StatusError(f"{RUNNER_STOPPED} ({problem})"))
+        self.arm()
 
     def close(self) -> None:
-        """The stream ended (or its client left): no more checks."""
-        self._timer.cancel()
+        """The link is closed: no more checks."""
+        if self._timer is not None:
+            self._timer.cancel()
         if self._check is not None:
             self._check.cancel()
 

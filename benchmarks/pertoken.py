@@ -30,6 +30,7 @@ SHAPES: dict[str, dict[str, int]] = {
 }  # fmt: skip
 TOKENS = 128
 STREAMS = 8
+TTFT_SAMPLES = 6  # one-token requests a round, each system in turn
 # Issue 16's targets, on the 256 x 4 model.
 SINGLE_TARGET, STREAMS_TARGET = 0.97, 0.85
 
@@ -60,7 +61,8 @@ def _rounds(
     systems: list[System], repeats: int, say: Callable[[str], None]
 ) -> dict[str, dict[str, float]]:
     samples: dict[str, dict[str, list[float]]] = {
-        s.name: {"wall_1": [], "decode_1": [], "ms_per_token": [], "wall_8": []} for s in systems
+        s.name: {"wall_1": [], "decode_1": [], "ms_per_token": [], "wall_8": [], "ttft_ms": []}
+        for s in systems
     }
     for r in range(repeats):
         say(f"round {r + 1} of {repeats}")
@@ -75,6 +77,11 @@ def _rounds(
             prompts = [prompt(1000 * (r + 1) + i) for i in range(STREAMS)]
             wall, count = system.concurrent(prompts, TOKENS)
             mine["wall_8"].append(count / wall)
+        for i in range(TTFT_SAMPLES):  # warm TTFT, interleaved: request to first token
+            for system in systems:
+                time.sleep(SETTLE)
+                first = system.stream(prompt(5000 * (r + 1) + i), 1)
+                samples[system.name]["ttft_ms"].append(first.ttft * 1e3)
     return {
         name: {key: statistics.median(values) for key, values in figures.items()}
         for name, figures in samples.items()
@@ -89,10 +96,14 @@ def ratios(shape: dict[str, dict[str, float]]) -> dict[str, float]:
         "streams_vs_batch_generate": ours["wall_8"] / base["wall_8"],
         "streams_vs_mlx_lm_server": ours["wall_8"] / peer["wall_8"],
     }
+    if "ttft_ms" in ours:
+        got["ttft_extra_ms"] = ours["ttft_ms"] - base["ttft_ms"]
     thin = shape.get(ThinServer.name)
     if thin is not None:  # the ceiling: only the official client between it and in-process
         got["thin_single_wall"] = thin["wall_1"] / base["wall_1"]
         got["thin_streams"] = thin["wall_8"] / base["wall_8"]
+        if "ttft_ms" in thin:
+            got["thin_ttft_extra_ms"] = thin["ttft_ms"] - base["ttft_ms"]
     return got
 
 
@@ -141,5 +152,18 @@ def report(figures: dict[str, Any]) -> str:
                 f"    thinnest server (in-process generation, one socket write a token, the "
                 f"official client) / in-process: {got['thin_single_wall']:.2f} single wall, "
                 f"{got['thin_streams']:.2f} at {STREAMS} streams: what the client costs"
+            )
+        if "ttft_extra_ms" in got:
+            base = by_system["in-process"]["ttft_ms"]
+            thin = got.get("thin_ttft_extra_ms")
+            lines.append(
+                f"    warm TTFT (median of {TTFT_SAMPLES} a round): in-process {base:.1f} ms "
+                f"(prefill and first token only), ollmlx {got['ttft_extra_ms']:+.1f} ms"
+                + (
+                    f", thinnest server {thin:+.1f} ms (its template, tokenizer and the "
+                    "official client: the floor of any server)"
+                    if thin is not None
+                    else ""
+                )
             )
     return "\n".join(lines)

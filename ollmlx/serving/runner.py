@@ -199,7 +199,7 @@ class WorkerProcess:
     def _link_socket(self) -> str:
         """Where the worker's completion link listens: a Unix socket in a folder only we
         can enter; "" (a loopback port) where the platform has none or the path is too long."""
-        if not hasattr(socket, "AF_UNIX"):
+        if not hasattr(socket, "AF_UNIX") or sys.platform == "win32":  # asyncio's Proactor
             return ""
         if self._link_dir is None:
             self._link_dir = tempfile.mkdtemp(prefix="ollmlx-")

@@ -280,6 +280,19 @@ def failing_server(
     server.stop()
 
 
+def launcher_files(processes: list[psutil.Process]) -> list[Path]:
+    """What the supervisor made for a group: its hostfile and its link socket's folder."""
+    found = set()
+    for process in processes:
+        args = process.cmdline()
+        if "--hostfile" in args:
+            found.add(Path(args[args.index("--hostfile") + 1]))
+        if "--link-socket" in args:  # every rank is given it; rank 0 listens there
+            found.add(Path(args[args.index("--link-socket") + 1]).parent)
+    assert len(found) == 2, found
+    return sorted(found)
+
+
 def stream_until_broken(server: Server, break_rank: object) -> tuple[int, str]:
     """Stream a long answer; after a few tokens `break_rank(rank 1)`; (tokens, error)."""
     long = {"temperature": 0, "num_predict": 100000}
@@ -300,12 +313,16 @@ def test_a_killed_rank_ends_the_stream_with_an_error_and_the_next_request_relaun
         client.generate(model="g", prompt="", options={"num_predict": 1})
     before = group_processes(failing_server)
     assert len(before) == 3  # mlx.launch, rank 0, rank 1
+    left = launcher_files(before)
+    assert all(path.exists() for path in left)
     tokens, error = stream_until_broken(failing_server, lambda rank: rank.kill())
     assert tokens >= 5
     # The ring's own words (from the model's collectives or from lockstep's), or the
     # connection to rank 0 closing first (mlx.launch stops it as soon as rank 1 is gone).
     assert "the distributed group lost a rank" in error or "unexpectedly stopped" in error
     assert wait_for(lambda: gone(before), 30)  # every rank and the launcher, reaped
+    # What the supervisor made for it goes too, though nobody called its stop.
+    assert wait_for(lambda: not any(path.exists() for path in left))
     with failing_server.client() as client:
         assert (
             client.generate(model="g", prompt="again", options={"num_predict": 3}).eval_count == 3

@@ -215,11 +215,15 @@ class GroupProcess(WorkerProcess):
             await remote
         await proc.wait()
         log.info("stopped the group of %s (launcher exit code %s)", self.spec.name, proc.returncode)
-        self.close_link()
+        self.release()
         for task in self._readers:
             task.cancel()
         if proc.stdin:
             proc.stdin.close()
+
+    def release(self) -> None:
+        """The link, and the hostfile mlx.launch read (also when the group died alone)."""
+        super().release()
         if self._hostfile is not None:
             self._hostfile.unlink(missing_ok=True)
 

@@ -161,7 +161,7 @@ class WorkerProcess:
         """Until the process exits (reaped), for whatever reason; its exit code."""
         assert self._proc is not None
         code = await self._proc.wait()
-        self.close_link()  # a worker killed by the OS could not remove its socket
+        self.release()  # a worker killed by the OS could not remove its socket
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(asyncio.shield(self._readers[0]), 1.0)
         return code
@@ -404,8 +404,8 @@ class WorkerProcess:
             log.warning("worker %s embed request broke: %s", self.spec.name, exc)
             raise StatusError(RUNNER_STOPPED) from exc
 
-    def close_link(self) -> None:
-        """The link and its socket go with the process."""
+    def release(self) -> None:
+        """What the process leaves behind goes with it: the link and its socket's folder."""
         if self._watch is not None:
             self._watch.close()
         if self._link is not None:
@@ -438,7 +438,7 @@ class WorkerProcess:
             )
         else:
             await proc.wait()
-        self.close_link()
+        self.release()
         for task in self._readers:
             task.cancel()
         if proc.stdin:

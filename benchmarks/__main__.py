@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ollmlx.serving.runner import find_openblas, with_openblas
+from ollmlx.serving.openblas import find_openblas, with_openblas
 
 from . import blas, group, plots, report
 from .measures import Plan, measure_all

@@ -44,7 +44,7 @@ def probe(model_dir: str, prompt_tokens: int = 256, decode_tokens: int = 32) -> 
 
 def compare(model_dir: Path) -> dict[str, Any] | None:
     """Run the probe with and without the preload; None when there is no OpenBLAS."""
-    from ollmlx.serving.runner import find_openblas, with_openblas
+    from ollmlx.serving.openblas import find_openblas, with_openblas
 
     if find_openblas() is None:
         return None

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from ollmlx.serving.runner import OPENBLAS_THREAD_TIMEOUT, find_openblas, with_openblas
+from ollmlx.serving.openblas import OPENBLAS_THREAD_TIMEOUT, find_openblas, with_openblas
 from tests.conftest import start_server
 
 OPENBLAS = find_openblas()

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ollmlx.serving.runner import find_openblas
+from ollmlx.serving.openblas import find_openblas
 
 TEXTS = [
     "The quick cat runs over the river.",

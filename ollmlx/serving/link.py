@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from collections.abc import Awaitable, Callable
 
 
 class LinkBroken(Exception):
@@ -130,3 +131,56 @@ class WorkerLink(asyncio.Protocol):
     def _write(self, data: bytes) -> None:
         assert self._transport is not None
         self._transport.write(data)
+
+
+class QuietWatch:
+    """While a link carries streams but is quiet (a long prefill, or a hung worker), asks
+    `stalled` every `interval` whether the worker still lives; an error it returns ends
+    every stream of the link.
+
+    The link only stamps `heard` per read: no task or timer per token, so the check costs
+    nothing while tokens flow, and one check serves all the worker's streams.
+    """
+
+    def __init__(
+        self,
+        link: WorkerLink,
+        interval: float,
+        stalled: Callable[[], Awaitable[BaseException | None]],
+    ) -> None:
+        self.loop = asyncio.get_running_loop()
+        self._link = link
+        self._interval = interval
+        self._stalled = stalled
+        self._timer: asyncio.TimerHandle | None = None
+        self._check: asyncio.Task[None] | None = None
+
+    def arm(self) -> None:
+        """A stream started: watch until the link carries none."""
+        if self._timer is None and self._check is None:
+            self._link.heard = self.loop.time()
+            self._timer = self.loop.call_later(self._interval, self._tick)
+
+    def _tick(self) -> None:
+        self._timer = None
+        if not self._link.streams or self._link.closed:
+            return  # nothing to watch: the next stream arms it again
+        quiet = self.loop.time() - self._link.heard
+        if quiet < self._interval:
+            self._timer = self.loop.call_later(self._interval - quiet, self._tick)
+        else:
+            self._check = asyncio.ensure_future(self._ask())
+
+    async def _ask(self) -> None:
+        error = await self._stalled()
+        self._check = None
+        if error is not None:
+            self._link.fail_streams(error)
+        self.arm()
+
+    def close(self) -> None:
+        """The link is closed: no more checks."""
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._check is not None:
+            self._check.cancel()

@@ -1,6 +1,7 @@
 """The handle on one worker process: spawn, health wait, streaming, stop.
 
-Nothing else in the supervisor spawns processes or speaks HTTP to workers.
+Nothing else in the supervisor spawns processes or talks to workers (HTTP for health and
+embeddings, the link for completions).
 """
 
 from __future__ import annotations
@@ -44,7 +45,8 @@ from ..protocol import (
     event_decoder,
     health_decoder,
 )
-from .link import LinkBroken, WorkerLink
+from .link import LinkBroken, QuietWatch, WorkerLink
+from .openblas import with_openblas
 
 if TYPE_CHECKING:
     from .group import GroupPlan
@@ -55,14 +57,6 @@ STOP_TIMEOUT = 5.0
 CONNECT_TIMEOUT = 5.0
 # The longest Unix socket path every platform takes (sun_path: 104 bytes on macOS).
 SOCKET_PATH_MAX = 100
-# Debian/Ubuntu's OpenBLAS (libopenblas0-pthread). MLX's Linux CPU wheel bundles the
-# reference BLAS; preloading OpenBLAS makes float32 matmuls ~25x faster (mlx-notes).
-OPENBLAS_PATHS = tuple(
-    f"/usr/lib/{arch}-linux-gnu/{sub}libopenblas.so.0"
-    for arch in ("x86_64", "aarch64")
-    for sub in ("openblas-pthread/", "")
-)
-OPENBLAS_THREAD_TIMEOUT = "4"  # OpenBLAS's minimum: 2^4 cycles of spinning
 RUNNER_STOPPED = (
     "model runner has unexpectedly stopped, this may be due to resource limitations "
     "or an internal error, check ollama server logs for details"
@@ -369,8 +363,16 @@ class WorkerProcess:
                     raise WorkerGone() from exc
                 if self._watch is not None:
                     self._watch.close()
-                self._watch = QuietWatch(self, self._link)
+                self._watch = QuietWatch(self._link, self.config.health_interval, self._stalled)
             return self._link
+
+    async def _stalled(self) -> StatusError | None:
+        """The quiet link's question: None while the worker answers its health check."""
+        problem = await self.health_problem(self.config.health_timeout)
+        if problem is None:
+            return None
+        log.warning("worker %s stalled mid-stream: %s", self.spec.name, problem)
+        return StatusError(f"{RUNNER_STOPPED} ({problem})")
 
     async def _refused(self, line: bytes) -> None:
         """The worker refused a request before it started; 503: it takes no more work
@@ -535,80 +537,6 @@ class WorkerProcess:
     def _tail_suffix(self) -> str:
         tail = self.stderr_tail
         return f": {tail}" if tail else ""
-
-
-class QuietWatch:
-    """While a worker's link carries streams but is quiet (a long prefill, or a hung
-    worker), asks the worker every `health_interval` whether it still lives; a worker that
-    does not answer, or answers that its engine is gone, ends every stream of the link
-    with an error.
-
-    The link only stamps `heard` per read: no task or timer per token, so the check costs
-    nothing while tokens flow, and one check serves all the worker's streams.
-    """
-
-    def __init__(self, worker: WorkerProcess, link: WorkerLink) -> None:
-        self.loop = asyncio.get_running_loop()
-        self._worker = worker
-        self._link = link
-        self._interval = worker.config.health_interval
-        self._timer: asyncio.TimerHandle | None = None
-        self._check: asyncio.Task[None] | None = None
-
-    def arm(self) -> None:
-        """A stream started: watch until the link carries none."""
-        if self._timer is None and self._check is None:
-            self._link.heard = self.loop.time()
-            self._timer = self.loop.call_later(self._interval, self._tick)
-
-    def _tick(self) -> None:
-        self._timer = None
-        if not self._link.streams or self._link.closed:
-            return  # nothing to watch: the next stream arms it again
-        quiet = self.loop.time() - self._link.heard
-        if quiet < self._interval:
-            self._timer = self.loop.call_later(self._interval - quiet, self._tick)
-        else:
-            self._check = asyncio.ensure_future(self._ask())
-
-    async def _ask(self) -> None:
-        worker = self._worker
-        problem = await worker.health_problem(worker.config.health_timeout)
-        self._check = None
-        if problem:
-            log.warning("worker %s stalled mid-stream: %s", worker.spec.name, problem)
-            self._link.fail_streams(StatusError(f"{RUNNER_STOPPED} ({problem})"))
-        self.arm()
-
-    def close(self) -> None:
-        """The link is closed: no more checks."""
-        if self._timer is not None:
-            self._timer.cancel()
-        if self._check is not None:
-            self._check.cancel()
-
-
-def find_openblas() -> str | None:
-    """The system OpenBLAS to preload into workers, on Linux only (never macOS)."""
-    if not sys.platform.startswith("linux"):
-        return None
-    return next((path for path in OPENBLAS_PATHS if os.path.exists(path)), None)
-
-
-def with_openblas(env: dict[str, str]) -> dict[str, str]:
-    """`env` with the system OpenBLAS first in LD_PRELOAD, when there is one, and its
-    idle threads sleeping at once (unless the user chose `OPENBLAS_THREAD_TIMEOUT`)."""
-    path = find_openblas()
-    if path is None:
-        return env
-    preload = env.get("LD_PRELOAD", "")
-    if path not in preload.split():
-        env = {**env, "LD_PRELOAD": f"{path} {preload}".strip()}
-    # OpenBLAS's helper threads spin after each call (2^28 cycles, ~0.1 s) before they
-    # sleep: while a stream decodes, that is a core kept busy, measured at 1.8 ms of CPU
-    # a token on the 256x4 model, taken from the supervisor, the clients and other
-    # workers; 2^4 cycles costs prefill nothing (make bench, issue 16's note).
-    return {"OPENBLAS_THREAD_TIMEOUT": OPENBLAS_THREAD_TIMEOUT, **env}
 
 
 def _error_text(body: str) -> str:

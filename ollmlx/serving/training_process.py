@@ -25,7 +25,7 @@ from typing import Any
 from ..errors import StatusError
 from ..finetune_memory import format_bytes
 from ..finetune_plan import EXIT_CANCELLED
-from .runner import with_openblas
+from .openblas import with_openblas
 
 log = logging.getLogger("ollmlx.training")
 

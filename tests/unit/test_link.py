@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from ollmlx.serving.link import LinkBroken, WorkerLink
+from ollmlx.serving.link import LinkBroken, QuietWatch, WorkerLink
 
 
 class Peer:
@@ -87,3 +87,27 @@ async def test_a_broken_link_ends_each_stream_after_the_lines_it_delivered(
     assert link.closed
     with pytest.raises(LinkBroken):
         link.send(b"y")  # the runner turns this into WorkerGone: nothing was sent
+
+
+async def test_a_quiet_link_is_asked_about_and_its_answer_ends_every_stream(
+    pair: tuple[WorkerLink, Peer],
+) -> None:
+    link, peer = pair
+    asked: list[float] = []
+
+    async def stalled() -> BaseException | None:
+        asked.append(asyncio.get_running_loop().time())
+        return RuntimeError("hung") if len(asked) == 2 else None  # ok once, then not
+
+    watch = QuietWatch(link, 0.05, stalled)
+    streams = [link.send(b"x"), link.send(b"y")]
+    watch.arm()
+    for _ in range(10):  # lines keep coming: nobody is asked
+        await peer.write(b"1 tick\n")
+    assert asked == []
+    for stream in streams:
+        with pytest.raises(RuntimeError, match="hung"):
+            while True:
+                await asyncio.wait_for(stream.take(), 1)
+    assert len(asked) == 2
+    watch.close()

@@ -140,6 +140,33 @@ def link_socket(worker: psutil.Process) -> Path:
     return Path(args[args.index("--link-socket") + 1])
 
 
+def test_a_socket_path_too_long_for_the_platform_takes_a_loopback_port(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    # A Unix socket's path has a limit (104 bytes on macOS); under a longer temporary
+    # folder the link falls back to a TCP port on 127.0.0.1, as where there are none.
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    deep.mkdir(parents=True)
+    server = start_server(tmp_path / "srv", TMPDIR=str(deep))
+    try:
+        with server.client() as client:
+            client.create(model="tiny", from_=str(tiny_model_dir))
+            options = {"num_predict": 5, "temperature": 0}
+            streamed = list(
+                client.generate(model="tiny", prompt="hi", options=options, stream=True)
+            )
+            assert streamed[-1].done and streamed[-1].eval_count == 5
+            (worker,) = server.workers()
+            assert "--link-socket" not in worker.cmdline()
+            listening = [
+                c.laddr for c in worker.net_connections("tcp") if c.status == psutil.CONN_LISTEN
+            ]
+            assert len(listening) == 2  # its HTTP port and its link
+            assert all(addr.ip == "127.0.0.1" for addr in listening)
+    finally:
+        server.stop()
+
+
 def test_worker_exits_when_the_supervisor_is_killed(fresh_server: Server) -> None:
     with fresh_server.client() as client:
         client.generate(model="tiny", prompt="")

@@ -23,7 +23,7 @@ from ollmlx.protocol import SECRET_ENV
 from .engine import Engine
 from .link import LinkServer, remove_socket
 from .orphan import before_exit, exit_now, exit_when_gone, exit_when_orphaned
-from .server import PROMPTS, create_app
+from .server import create_app
 
 log = logging.getLogger("ollmlx.worker")
 
@@ -38,7 +38,7 @@ async def _serve(engine: Engine, secret: str, max_body: int, port: int, link_soc
     site = web.TCPSite(runner, "127.0.0.1", port)
     await site.start()
     bound = runner.addresses[0][1]
-    link = LinkServer(engine, secret, app[PROMPTS])
+    link = LinkServer(engine, secret)
     address = await link.start(link_socket)
     if link_socket:
         before_exit(lambda: remove_socket(link_socket))

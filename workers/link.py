@@ -188,9 +188,10 @@ class LinkServer:
     """Accepts the supervisor's link connections: a Unix socket at `path`, or, where the
     platform has none (or `path` is empty), a TCP port on 127.0.0.1."""
 
-    def __init__(self, engine: Engine, secret: str, prompts: ThreadPoolExecutor) -> None:
+    def __init__(self, engine: Engine, secret: str) -> None:
         self.engine = engine
-        self.prompts = prompts
+        # Templates and tokenizers run here, beside the engine thread (no MLX).
+        self.prompts = ThreadPoolExecutor(max_workers=2, thread_name_prefix="prompt")
         self._secret = b"A " + secret.encode()
         self.outbox = Outbox(asyncio.get_running_loop())  # made on the loop it serves
         self._server: asyncio.Server | None = None

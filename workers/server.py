@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
-from concurrent.futures import ThreadPoolExecutor
 
 import msgspec
 from aiohttp import web
@@ -29,7 +28,6 @@ log = logging.getLogger("ollmlx.worker")
 
 ENGINE = web.AppKey("engine", Engine)
 SECRET = web.AppKey("secret", str)
-PROMPTS = web.AppKey("prompts", ThreadPoolExecutor)
 
 
 @web.middleware
@@ -99,7 +97,6 @@ def create_app(engine: Engine, secret: str, max_body: int = 64 << 20) -> web.App
     app = web.Application(middlewares=[require_secret], client_max_size=max_body + (1 << 20))
     app[ENGINE] = engine
     app[SECRET] = secret
-    app[PROMPTS] = ThreadPoolExecutor(max_workers=2, thread_name_prefix="prompt")
     app.router.add_get("/health", health)
     app.router.add_post("/embed", embed)
     return app

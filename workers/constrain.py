@@ -44,7 +44,6 @@ class GrammarProcessor:
         self.error: str | None = None
         self._prompt_length: int | None = None
         self._consumed = 0
-        self._bits = mx.arange(32, dtype=mx.uint32)
 
     def __call__(self, tokens: mx.array, logits: mx.array) -> mx.array:
         if self.error is not None:
@@ -70,10 +69,11 @@ class GrammarProcessor:
         if self._matcher.is_error():
             first = (self._matcher.get_error() or "").splitlines()[:1]
             raise RuntimeError(first[0] if first else "the grammar allows no token")
+        # Bit i of word w allows token 32 w + i. One numpy call unpacks them: as six MLX
+        # ops (a graph node each) the mask cost a small model 19% of its free decode
+        # rate, against 11% now (in-process, the tiny model, issue 16's note).
         words = np.frombuffer(self._matcher.compute_bitmask(), dtype=np.uint32)
-        allowed = (mx.array(words)[:, None] >> self._bits) & 1
-        allowed = allowed.reshape(-1)[: logits.shape[-1]]
-        if allowed.shape[0] < logits.shape[-1]:  # model vocab padded past the tokenizer's
-            pad = mx.zeros(logits.shape[-1] - allowed.shape[0], dtype=allowed.dtype)
-            allowed = mx.concatenate([allowed, pad])
-        return mx.where(allowed.astype(mx.bool_), logits, -mx.inf)
+        octets = words.astype("<u4", copy=False).view(np.uint8)  # bit order: little
+        # `count` past the words pads with zeros: a vocab padded past the tokenizer's.
+        allowed = np.unpackbits(octets, count=logits.shape[-1], bitorder="little")
+        return mx.where(mx.array(allowed.view(np.bool_)), logits, -mx.inf)

@@ -87,7 +87,7 @@ class LinkConnection:
         self.streams: dict[bytes, LinkStream] = {}
         self._out = bytearray()
         self._line = bytearray()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._loop = asyncio.get_running_loop()
 
     async def serve(self, reader: asyncio.StreamReader) -> None:
         """Read frames until the supervisor closes the connection (or sends garbage)."""
@@ -96,9 +96,7 @@ class LinkConnection:
             if kind == b"R":
                 stream_id, _, length = rest.partition(b" ")
                 body = await reader.readexactly(int(length))
-                task = asyncio.create_task(self._begin(stream_id, body))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+                self._begin(stream_id, body)
             elif kind == b"C":
                 stream = self.streams.pop(rest, None)
                 if stream is not None:  # its client left: the engine drops the sequence
@@ -106,7 +104,7 @@ class LinkConnection:
             else:
                 raise ValueError(f"unknown frame {header[:40]!r}")
 
-    async def _begin(self, stream_id: bytes, body: bytes) -> None:
+    def _begin(self, stream_id: bytes, body: bytes) -> None:
         engine = self._server.engine
         if engine.status != "ok":
             self._refuse(stream_id, engine.error or "model not loaded", 503)
@@ -120,23 +118,28 @@ class LinkConnection:
         job = Job(request, lambda event: outbox.put(stream, event))
         stream = LinkStream(self, stream_id, job)
         self.streams[stream_id] = stream
-        if not engine.vision and engine.generative:
-            # Template and tokenizer run beside the engine thread, not on it (no MLX there).
-            loop = asyncio.get_running_loop()
-            try:
-                job.prompt = await loop.run_in_executor(
-                    self._server.prompts, engine.prepare, request
-                )
-            except StatusError as exc:
-                self._end_refused(stream, exc.message, exc.status)
-                return
-            except Exception as exc:  # a bug of ours: this request fails, the worker goes on
-                log.exception("building the prompt failed")
-                self._end_refused(stream, f"{type(exc).__name__}: {exc}", 500)
-                return
-        if job.cancelled.is_set():
-            return  # its client left while the prompt was built
-        engine.submit(job)
+        if engine.vision or not engine.generative:
+            engine.submit(job)
+            return
+        # Template and tokenizer run beside the engine thread, not on it (no MLX there),
+        # and that thread hands the job on: a hop back to this loop first cost TTFT.
+        self._server.prompts.submit(self._prepare, stream)
+
+    def _prepare(self, stream: LinkStream) -> None:
+        """On a prompt thread: a text model's prompt, then the job goes to the engine."""
+        job, engine = stream.job, self._server.engine
+        try:
+            job.prompt = engine.prepare(job.request)
+        except StatusError as exc:
+            self._loop.call_soon_threadsafe(self._end_refused, stream, exc.message, exc.status)
+            return
+        except Exception as exc:  # a bug of ours: this request fails, the worker goes on
+            log.exception("building the prompt failed")
+            message = f"{type(exc).__name__}: {exc}"
+            self._loop.call_soon_threadsafe(self._end_refused, stream, message, 500)
+            return
+        if not job.cancelled.is_set():  # else its client left while the prompt was built
+            engine.submit(job)
 
     def _end_refused(self, stream: LinkStream, message: str, status: int) -> None:
         if self.streams.pop(stream.id, None) is not None:
@@ -171,8 +174,6 @@ class LinkConnection:
 
     def abandon(self) -> None:
         """The supervisor is gone: every stream of this connection is cancelled."""
-        for task in self._tasks:
-            task.cancel()
         for stream in self.streams.values():
             stream.job.cancelled.set()
         self.streams.clear()

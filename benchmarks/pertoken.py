@@ -7,7 +7,9 @@ decoding only) and 8 streams at once (tokens over the wall time from the first r
 to the last token), ollmlx against in-process `stream_generate` / `batch_generate` and
 against `mlx_lm.server`, and against the thinnest server there can be (`thinserver.py`:
 the official client reading in-process generation): what the client alone costs. Every
-system takes its turn in each round; medians of rounds.
+system takes its turn in each round. A ratio is the median of its rounds' ratios, each
+taken between turns seconds apart (on 2 shared cores, runs differ by more than the
+targets' margins; a round's two turns see the same machine), with their range.
 """
 
 from __future__ import annotations
@@ -31,12 +33,13 @@ SHAPES: dict[str, dict[str, int]] = {
 TOKENS = 128
 STREAMS = 8
 TTFT_SAMPLES = 6  # one-token requests a round, each system in turn
+ROUNDS = 5
 # Issue 16's targets, on the 256 x 4 model.
 SINGLE_TARGET, STREAMS_TARGET = 0.97, 0.85
 
 
 def measure(
-    tmp: Path, repeats: int = 3, say: Callable[[str], None] = print, no_openblas: bool = False
+    tmp: Path, repeats: int = ROUNDS, say: Callable[[str], None] = print, no_openblas: bool = False
 ) -> dict[str, Any]:
     extra = {"OLLMLX_NO_OPENBLAS": "1"} if no_openblas else {}
     figures: dict[str, Any] = {}
@@ -64,6 +67,7 @@ def _rounds(
         s.name: {"wall_1": [], "decode_1": [], "ms_per_token": [], "wall_8": [], "ttft_ms": []}
         for s in systems
     }
+    ttft_rounds: dict[str, list[float]] = {s.name: [] for s in systems}
     for r in range(repeats):
         say(f"round {r + 1} of {repeats}")
         for system in systems:
@@ -82,29 +86,68 @@ def _rounds(
                 time.sleep(SETTLE)
                 first = system.stream(prompt(5000 * (r + 1) + i), 1)
                 samples[system.name]["ttft_ms"].append(first.ttft * 1e3)
-    return {
-        name: {key: statistics.median(values) for key, values in figures.items()}
-        for name, figures in samples.items()
-    }
+        for system in systems:  # this round's median
+            ttft_rounds[system.name].append(
+                statistics.median(samples[system.name]["ttft_ms"][-TTFT_SAMPLES:])
+            )
+    out: dict[str, dict[str, Any]] = {}
+    for name, figures in samples.items():
+        row: dict[str, Any] = {key: statistics.median(values) for key, values in figures.items()}
+        row["rounds"] = {key: figures[key] for key in ("wall_1", "decode_1", "wall_8")}
+        row["rounds"]["ttft_ms"] = ttft_rounds[name]
+        out[name] = row
+    return out
 
 
-def ratios(shape: dict[str, dict[str, float]]) -> dict[str, float]:
+def _paired(ours: dict[str, Any], base: dict[str, Any], key: str) -> tuple[float, float, float]:
+    """(median, lowest, highest) of the rounds' ratios ours / base; a result saved before
+    rounds were kept gives the ratio of medians."""
+    if "rounds" not in ours or "rounds" not in base:
+        ratio = ours[key] / base[key]
+        return ratio, ratio, ratio
+    each = [a / b for a, b in zip(ours["rounds"][key], base["rounds"][key], strict=True)]
+    return statistics.median(each), min(each), max(each)
+
+
+def _paired_extra(ours: dict[str, Any], base: dict[str, Any]) -> tuple[float, float, float]:
+    """The same for warm TTFT, as milliseconds over the base."""
+    if "rounds" not in ours or "rounds" not in base:
+        extra = ours["ttft_ms"] - base["ttft_ms"]
+        return extra, extra, extra
+    pairs = zip(ours["rounds"]["ttft_ms"], base["rounds"]["ttft_ms"], strict=True)
+    each = [a - b for a, b in pairs]
+    return statistics.median(each), min(each), max(each)
+
+
+def ratios(shape: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """Each figure by its name, and its rounds' range as `<name>_low` and `<name>_high`."""
     ours, base, peer = shape["ollmlx"], shape["in-process"], shape["mlx_lm.server"]
-    got = {
-        "single_wall": ours["wall_1"] / base["wall_1"],
-        "single_decode": ours["decode_1"] / base["decode_1"],
-        "streams_vs_batch_generate": ours["wall_8"] / base["wall_8"],
-        "streams_vs_mlx_lm_server": ours["wall_8"] / peer["wall_8"],
-    }
-    if "ttft_ms" in ours:
-        got["ttft_extra_ms"] = ours["ttft_ms"] - base["ttft_ms"]
     thin = shape.get(ThinServer.name)
+    wanted = {
+        "single_wall": (ours, base, "wall_1"),
+        "single_decode": (ours, base, "decode_1"),
+        "streams_vs_batch_generate": (ours, base, "wall_8"),
+        "streams_vs_mlx_lm_server": (ours, peer, "wall_8"),
+    }
     if thin is not None:  # the ceiling: only the official client between it and in-process
-        got["thin_single_wall"] = thin["wall_1"] / base["wall_1"]
-        got["thin_streams"] = thin["wall_8"] / base["wall_8"]
-        if "ttft_ms" in thin:
-            got["thin_ttft_extra_ms"] = thin["ttft_ms"] - base["ttft_ms"]
+        wanted["thin_single_wall"] = (thin, base, "wall_1")
+        wanted["thin_streams"] = (thin, base, "wall_8")
+    got: dict[str, float] = {}
+    for name, (a, b, key) in wanted.items():
+        got[name], got[f"{name}_low"], got[f"{name}_high"] = _paired(a, b, key)
+    if "ttft_ms" in ours:
+        got["ttft_extra_ms"], got["ttft_extra_ms_low"], got["ttft_extra_ms_high"] = _paired_extra(
+            ours, base
+        )
+    if thin is not None and "ttft_ms" in thin:
+        got["thin_ttft_extra_ms"], _, _ = _paired_extra(thin, base)
     return got
+
+
+def _range(got: dict[str, float], name: str, signed: bool = False) -> str:
+    form = "{:+.1f}" if signed else "{:.2f}"
+    low, high = form.format(got[f"{name}_low"]), form.format(got[f"{name}_high"])
+    return f"{form.format(got[name])} (rounds {low} to {high})"
 
 
 def targets(figures: dict[str, Any]) -> list[tuple[str, bool, str]]:
@@ -115,12 +158,12 @@ def targets(figures: dict[str, Any]) -> list[tuple[str, bool, str]]:
         (
             f"256x4: single stream >= {SINGLE_TARGET:.2f} of in-process (wall)",
             got["single_wall"] >= SINGLE_TARGET,
-            f"{got['single_wall']:.2f}",
+            _range(got, "single_wall"),
         ),
         (
             f"256x4: {STREAMS} streams >= {STREAMS_TARGET:.2f} of batch_generate (wall)",
             got["streams_vs_batch_generate"] >= STREAMS_TARGET,
-            f"{got['streams_vs_batch_generate']:.2f}",
+            _range(got, "streams_vs_batch_generate"),
         ),
     ]
 
@@ -128,7 +171,8 @@ def targets(figures: dict[str, Any]) -> list[tuple[str, bool, str]]:
 def report(figures: dict[str, Any]) -> str:
     lines = [
         f"per-token overhead: {TOKENS}-token greedy streams, tok/s (median of rounds); "
-        "wall = request to last token, decode = after the first token"
+        "wall = request to last token, decode = after the first token; ratios: median of "
+        "the rounds' ratios (range)"
     ]
     for shape, by_system in figures.items():
         ms = by_system["in-process"]["ms_per_token"]
@@ -142,23 +186,25 @@ def report(figures: dict[str, Any]) -> str:
             )
         got = ratios(by_system)
         lines.append(
-            f"    ollmlx single / in-process: {got['single_wall']:.2f} wall, "
+            f"    ollmlx single / in-process: {_range(got, 'single_wall')} wall, "
             f"{got['single_decode']:.2f} decode; {STREAMS} streams / batch_generate: "
-            f"{got['streams_vs_batch_generate']:.2f}; / mlx_lm.server: "
+            f"{_range(got, 'streams_vs_batch_generate')}; / mlx_lm.server: "
             f"{got['streams_vs_mlx_lm_server']:.2f}"
         )
         if "thin_single_wall" in got:
             lines.append(
                 f"    thinnest server (in-process generation, one socket write a token, the "
-                f"official client) / in-process: {got['thin_single_wall']:.2f} single wall, "
-                f"{got['thin_streams']:.2f} at {STREAMS} streams: what the client costs"
+                f"official client) / in-process: {_range(got, 'thin_single_wall')} single "
+                f"wall, {_range(got, 'thin_streams')} at {STREAMS} streams: what the client "
+                "costs"
             )
         if "ttft_extra_ms" in got:
             base = by_system["in-process"]["ttft_ms"]
             thin = got.get("thin_ttft_extra_ms")
             lines.append(
                 f"    warm TTFT (median of {TTFT_SAMPLES} a round): in-process {base:.1f} ms "
-                f"(prefill and first token only), ollmlx {got['ttft_extra_ms']:+.1f} ms"
+                f"(prefill and first token only), ollmlx "
+                f"{_range(got, 'ttft_extra_ms', signed=True)} ms"
                 + (
                     f", thinnest server {thin:+.1f} ms (its template, tokenizer and the "
                     "official client: the floor of any server)"

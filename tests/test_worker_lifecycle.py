@@ -308,7 +308,7 @@ def test_an_idle_worker_gives_mlxs_freed_buffers_back(by_hand: Worker) -> None:
         return by_hand.health()
 
     # Not at once: a request within CLEAR_CACHE_AFTER reuses the buffers (emptied at every
-    # idle moment, each request's first step allocated them afresh: +1.5 ms of TTFT).
+    # idle moment, each request's first step allocated them afresh).
     assert idle()["cache_bytes"] > 0
     assert wait_for(lambda: idle()["cache_bytes"] == 0)
     held = idle()

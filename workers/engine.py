@@ -32,9 +32,9 @@ from .prompts import build_prompt
 log = logging.getLogger("ollmlx.worker")
 
 STOPPING = "the model runner is stopping"
-# Seconds idle before MLX's freed buffers go back. A request sooner reuses them: emptied
-# at every idle moment, each request's first step allocated afresh, measured at +1.5 ms
-# of warm TTFT on the tiny model (issue 16's note); an agent's next call comes sooner.
+# Seconds idle before MLX's freed buffers go back. A request sooner reuses them (an
+# agent's next call, a benchmark's): emptied at every idle moment, each request's first
+# step allocated afresh (0 to 0.8 ms of warm TTFT on the tiny model, issue 16's note).
 CLEAR_CACHE_AFTER = 2.0
 # Seconds a reading of the OS's free memory stands for requests that need at most an
 # eighth of it: psutil takes 0.2 ms to read it on Linux (it parses /proc/meminfo).

@@ -202,18 +202,11 @@ class Engine:
         while True:
             # Idle: wait for work. Busy: take what has arrived and keep decoding.
             busy = self._batch is not None and self._batch.busy
-            wait: float | None = None
             if busy:
                 idle_since = None
-            else:
-                if idle_since is None:
-                    idle_since = time.monotonic()
-                wait = idle_since + CLEAR_CACHE_AFTER - time.monotonic()
-                if wait <= 0:
-                    if self._jobs.empty():
-                        self._clear_cache()  # idle a while: give the freed buffers back
-                    wait = None
-            self._taken = self._take_jobs(block=not busy, timeout=wait)
+            elif idle_since is None:
+                idle_since = time.monotonic()
+            self._taken = self._take_jobs(block=not busy, timeout=self._idle_wait(idle_since))
             if self._taken:
                 idle_since = None
             while self._taken:
@@ -229,6 +222,18 @@ class Engine:
                 self._taken.pop(0)
             if self._batch is not None:
                 self._batch.step()
+
+    def _idle_wait(self, idle_since: float | None) -> float | None:
+        """How long an idle engine waits for a job before MLX's freed buffers go back;
+        once that is past, they go, and it waits without a limit (None)."""
+        if idle_since is None:
+            return None
+        left = idle_since + CLEAR_CACHE_AFTER - time.monotonic()
+        if left > 0:
+            return left
+        if self._jobs.empty():
+            self._clear_cache()
+        return None
 
     def _clear_cache(self) -> None:
         import mlx.core as mx

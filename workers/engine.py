@@ -27,6 +27,7 @@ from ollmlx.protocol import CompletionRequest, EmbedRequest, EmbedResponse, Erro
 
 from .driver import SingleProcess
 from .faults import inject
+from .memory import FreeMemory, kv_bytes_per_token, mlx_cache_limit
 from .prompts import build_prompt
 
 log = logging.getLogger("ollmlx.worker")
@@ -36,9 +37,6 @@ STOPPING = "the model runner is stopping"
 # agent's next call, a benchmark's): emptied at every idle moment, each request's first
 # step allocated afresh (0 to 0.8 ms of warm TTFT on the tiny model, issue 16's note).
 CLEAR_CACHE_AFTER = 2.0
-# Seconds a reading of the OS's free memory stands for requests that need at most an
-# eighth of it: psutil takes 0.2 ms to read it on Linux (it parses /proc/meminfo).
-FREE_MEMORY_FRESH = 1.0
 
 
 @dataclass
@@ -94,7 +92,7 @@ class Engine:
         self._kv = (0, 0)  # (bits, group size) of a quantized KV cache
         self.memory_limit = memory_limit  # bytes this worker may use; 0: what the OS has free
         self._kv_bytes_per_token = 0
-        self._free_reading = (-FREE_MEMORY_FRESH, 0)  # (when, bytes) the OS had free
+        self._os_free = FreeMemory()
         self.prompt_cache_bytes = prompt_cache_bytes
         self.status = "loading"  # -> "ok" | "error"; "stopping" after close()
         self.error: str | None = None
@@ -343,10 +341,10 @@ class Engine:
         if self.vision:
             self.context_length, self._kv_bytes_per_token = vision.sizes(self.model)
         elif self.generative:
-            per_rank = _kv_bytes_per_token(self.model, *self._kv) // self.driver.kv_divisor
+            per_rank = kv_bytes_per_token(self.model, *self._kv) // self.driver.kv_divisor
             self._kv_bytes_per_token = per_rank
             if self.draft is not None:
-                self._kv_bytes_per_token += _kv_bytes_per_token(self.draft)
+                self._kv_bytes_per_token += kv_bytes_per_token(self.draft)
         else:
             self.context_length = self._embedder.max_tokens
         log.info(
@@ -386,7 +384,7 @@ class Engine:
     def _check_memory(self, tokens: int) -> None:
         """Refuse a request whose KV cache cannot fit, instead of being killed for it."""
         needed = self._kv_bytes_per_token * tokens
-        free = self._os_free(needed)
+        free = self._os_free.for_request(needed)
         if self.memory_limit:
             free = min(free, self.memory_limit - self.memory_bytes)
         if needed > free:
@@ -397,49 +395,7 @@ class Engine:
                 status=500,
             )
 
-    def _os_free(self, needed: int) -> int:
-        """The OS's free memory: a recent reading where `needed` is at most an eighth of
-        it, else (a large request, or one that may be refused) a fresh one."""
-        import psutil
-
-        now = time.monotonic()
-        when, free = self._free_reading
-        if now - when > FREE_MEMORY_FRESH or 8 * needed > free:
-            free = int(psutil.virtual_memory().available)
-            self._free_reading = (now, free)
-        return free
-
-
-def mlx_cache_limit(weights: int) -> int:
-    """Bytes of freed buffers MLX may keep: enough to reuse a decode step's allocations
-    (a quarter of the weights, within 64 MiB to 2 GiB), far from MLX's default (all)."""
-    return min(max(weights // 4, 64 << 20), 2 << 30)
-
 
 def _announce(status: str) -> None:
     """One stdout line when loading ends: the supervisor polls /health at once."""
     print(json.dumps({"status": status}), flush=True)
-
-
-def _kv_bytes_per_token(model: Any, bits: int = 0, group: int = 0) -> int:
-    """KV cache bytes that one token of context costs (keys and values, every layer);
-    `bits` and `group`: a quantized cache's (packed values, a scale and a bias a group)."""
-    import mlx.core as mx
-    from mlx.utils import tree_flatten
-
-    args = getattr(model, "args", None)
-    layers = len(getattr(model, "layers", []))
-    heads = int(getattr(args, "num_attention_heads", 0) or 0)
-    kv_heads = int(getattr(args, "num_key_value_heads", 0) or heads)
-    hidden = int(getattr(args, "hidden_size", 0) or 0)
-    head_dim = int(getattr(args, "head_dim", 0) or (hidden // heads if heads else 0))
-    # The cache takes the activations' dtype: that of the float parameters (quantized
-    # weights are integers; their scales are floats).
-    floats = [
-        v.dtype.size
-        for _, v in tree_flatten(model.parameters())
-        if mx.issubdtype(v.dtype, mx.floating)
-    ]
-    size = floats[0] if floats else 2
-    per_element = bits / 8 + 2 * size / group if bits else size
-    return int(2 * layers * kv_heads * head_dim * per_element)

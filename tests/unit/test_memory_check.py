@@ -12,8 +12,9 @@ import psutil
 import pytest
 
 from ollmlx.errors import StatusError
-from workers import engine as engine_module
-from workers.engine import FREE_MEMORY_FRESH, Engine
+from workers import memory
+from workers.engine import Engine
+from workers.memory import FREE_MEMORY_FRESH
 
 MIB = 1 << 20
 
@@ -38,7 +39,7 @@ def os_memory(monkeypatch: pytest.MonkeyPatch) -> _OS:
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     now = [100.0]
-    monkeypatch.setattr(engine_module.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(memory.time, "monotonic", lambda: now[0])
     return now
 
 

@@ -314,7 +314,12 @@ def test_a_killed_rank_ends_the_stream_with_an_error_and_the_next_request_relaun
     before = group_processes(failing_server)
     assert len(before) == 3  # mlx.launch, rank 0, rank 1
     left = launcher_files(before)
-    assert all(path.exists() for path in left)
+    hostfile, link_folder = (
+        (p for p in left if p.suffix == ".json"),
+        (p for p in left if not p.suffix),
+    )
+    assert not any(path.exists() for path in hostfile)  # read by mlx.launch, gone once up
+    assert all(path.exists() for path in link_folder)
     tokens, error = stream_until_broken(failing_server, lambda rank: rank.kill())
     assert tokens >= 5
     # The ring's own words (from the model's collectives or from lockstep's), or the
@@ -353,9 +358,13 @@ def test_killing_the_supervisor_leaves_no_rank_alive(failing_server: Server) -> 
     assert running["distributed"]["parallelism"] == "tensor"  # llama: shard(), no pipeline()
     group = group_processes(failing_server)
     assert len(group) == 3
+    left = launcher_files(group)
     failing_server.process.send_signal(signal.SIGKILL)
     failing_server.process.wait(10)
     assert wait_for(lambda: gone(group), 20), [p.cmdline() for p in group if p.is_running()]
+    # Nothing of the group is left in the temp folder, though the supervisor could not
+    # clean up: the hostfile went once the group was up, the socket with rank 0.
+    assert wait_for(lambda: not any(path.exists() for path in left)), left
 
 
 FAKE_SSH = """#!/usr/bin/env bash

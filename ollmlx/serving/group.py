@@ -181,6 +181,12 @@ class GroupProcess(WorkerProcess):
             *worker,
         ]
 
+    async def wait_until_ready(self) -> None:
+        await super().wait_until_ready()
+        # mlx.launch read the hostfile when it started (its ranks get the hosts in their
+        # environment): gone now, it cannot outlive a supervisor that is killed later.
+        self._remove_hostfile()
+
     def output_line(self, text: str) -> None:
         match = _RANK_LINE.search(text)
         if match:
@@ -224,8 +230,12 @@ class GroupProcess(WorkerProcess):
     def release(self) -> None:
         """The link, and the hostfile mlx.launch read (also when the group died alone)."""
         super().release()
+        self._remove_hostfile()
+
+    def _remove_hostfile(self) -> None:
         if self._hostfile is not None:
             self._hostfile.unlink(missing_ok=True)
+            self._hostfile = None
 
     def _kill_local(self) -> None:
         if self._proc is not None:

@@ -14,6 +14,7 @@ targets' margins; a round's two turns see the same machine), with their range.
 
 from __future__ import annotations
 
+import operator
 import statistics
 import time
 from collections.abc import Callable
@@ -99,23 +100,20 @@ def _rounds(
     return out
 
 
-def _paired(ours: dict[str, Any], base: dict[str, Any], key: str) -> tuple[float, float, float]:
-    """(median, lowest, highest) of the rounds' ratios ours / base; a result saved before
-    rounds were kept gives the ratio of medians."""
+def _paired(
+    ours: dict[str, Any],
+    base: dict[str, Any],
+    key: str,
+    compare: Callable[[float, float], float] = operator.truediv,
+) -> tuple[float, float, float]:
+    """(median, lowest, highest) of the rounds' `compare(ours, base)` (a ratio, or for
+    TTFT `operator.sub`: ms over the base); a result saved before rounds were kept
+    compares the medians."""
     if "rounds" not in ours or "rounds" not in base:
-        ratio = ours[key] / base[key]
-        return ratio, ratio, ratio
-    each = [a / b for a, b in zip(ours["rounds"][key], base["rounds"][key], strict=True)]
-    return statistics.median(each), min(each), max(each)
-
-
-def _paired_extra(ours: dict[str, Any], base: dict[str, Any]) -> tuple[float, float, float]:
-    """The same for warm TTFT, as milliseconds over the base."""
-    if "rounds" not in ours or "rounds" not in base:
-        extra = ours["ttft_ms"] - base["ttft_ms"]
-        return extra, extra, extra
-    pairs = zip(ours["rounds"]["ttft_ms"], base["rounds"]["ttft_ms"], strict=True)
-    each = [a - b for a, b in pairs]
+        one = compare(ours[key], base[key])
+        return one, one, one
+    pairs = zip(ours["rounds"][key], base["rounds"][key], strict=True)
+    each = [compare(a, b) for a, b in pairs]
     return statistics.median(each), min(each), max(each)
 
 
@@ -136,11 +134,11 @@ def ratios(shape: dict[str, dict[str, Any]]) -> dict[str, float]:
     for name, (a, b, key) in wanted.items():
         got[name], got[f"{name}_low"], got[f"{name}_high"] = _paired(a, b, key)
     if "ttft_ms" in ours:
-        got["ttft_extra_ms"], got["ttft_extra_ms_low"], got["ttft_extra_ms_high"] = _paired_extra(
-            ours, base
+        got["ttft_extra_ms"], got["ttft_extra_ms_low"], got["ttft_extra_ms_high"] = _paired(
+            ours, base, "ttft_ms", operator.sub
         )
     if thin is not None and "ttft_ms" in thin:
-        got["thin_ttft_extra_ms"], _, _ = _paired_extra(thin, base)
+        got["thin_ttft_extra_ms"] = _paired(thin, base, "ttft_ms", operator.sub)[0]
     return got
 
 
